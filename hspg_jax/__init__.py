@@ -1,0 +1,57 @@
+"""hspg-jax: group-sparsity optimizers (HSPG, Prox-SG) as Optax transforms.
+
+The core imports only jax, optax and numpy. Flax integration lives in
+``hspg_jax.flax`` and is imported on demand.
+"""
+
+from hspg_jax.groups import Family
+from hspg_jax.groups import GroupAxis
+from hspg_jax.groups import GroupRules
+from hspg_jax.groups import GroupStructure
+from hspg_jax.groups import Member
+from hspg_jax.groups import resolve as resolve_groups
+from hspg_jax.hspg import GroupLassoState
+from hspg_jax.hspg import HalfSpaceState
+from hspg_jax.hspg import add_group_lasso_subgradient
+from hspg_jax.hspg import half_space_projection
+from hspg_jax.hspg import hspg
+from hspg_jax.metrics import group_mask_tree
+from hspg_jax.metrics import group_norms
+from hspg_jax.metrics import group_sparsity
+from hspg_jax.metrics import num_zero_groups
+from hspg_jax.metrics import omega
+from hspg_jax.metrics import zero_group_masks
+from hspg_jax.prox import block_soft_threshold_factor
+from hspg_jax.prox import group_soft_threshold
+from hspg_jax.prox import l1_soft_threshold
+from hspg_jax.proxsg import GroupProxState
+from hspg_jax.proxsg import group_prox
+from hspg_jax.proxsg import prox_sg
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Family",
+    "GroupAxis",
+    "GroupLassoState",
+    "GroupProxState",
+    "GroupRules",
+    "GroupStructure",
+    "HalfSpaceState",
+    "Member",
+    "add_group_lasso_subgradient",
+    "block_soft_threshold_factor",
+    "group_mask_tree",
+    "group_norms",
+    "group_prox",
+    "group_soft_threshold",
+    "group_sparsity",
+    "half_space_projection",
+    "hspg",
+    "l1_soft_threshold",
+    "num_zero_groups",
+    "omega",
+    "prox_sg",
+    "resolve_groups",
+    "zero_group_masks",
+]

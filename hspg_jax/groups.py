@@ -1,0 +1,346 @@
+"""Pytree-defined parameter groups.
+
+A *group spec* has the tree structure of the params (like an ``optax.masked``
+mask). Each spec leaf says how the matching parameter leaf is cut into groups:
+
+* ``None``: the leaf is not regularised;
+* an ``int`` axis: the leaf is cut along ``axis``; group ``i`` is the slice
+  ``leaf[..., i, ...]`` on that axis (a conv kernel in HWIO layout uses ``-1``,
+  one group per output channel);
+* ``GroupAxis(axis, family)``: as above, and every leaf naming the same
+  ``family`` shares ONE set of groups. Group ``i`` of the family is the union of
+  slice ``i`` of every member, and its norm sums the squares over all members.
+  This is how a conv's output channel ``i``, its bias ``i`` and the following
+  BatchNorm's scale ``i`` and bias ``i`` become one zero-invariant group.
+
+Specs can also be written as rules over parameter paths (:class:`GroupRules`),
+in the style of big_vision's regex parameter selection.
+
+Everything here is static structure: :func:`resolve` reads only tree
+structure and shapes, so it runs identically outside and inside ``jit`` and a
+bad spec fails with the offending parameter path in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "GroupAxis",
+    "GroupRules",
+    "GroupStructure",
+    "Family",
+    "Member",
+    "resolve",
+    "path_str",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupAxis:
+  """A spec leaf: cut the parameter along ``axis``, in family ``family``.
+
+  Attributes:
+    axis: the axis whose index is the group index (negative counts from the end).
+    family: leaves with the same family name share one set of groups. ``None``
+      makes the leaf a family of its own, named by its path.
+  """
+
+  axis: int
+  family: str | None = None
+
+
+SpecLeaf = Union[None, int, GroupAxis]
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One parameter leaf taking part in a family."""
+
+  index: int  # position among the flattened parameter leaves
+  path: str
+  axis: int  # normalised to be non-negative
+  shape: tuple[int, ...]
+
+  @property
+  def group_size(self) -> int:
+    """Number of scalars each group takes from this leaf."""
+    return int(np.prod(self.shape)) // self.shape[self.axis]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A set of ``num_groups`` groups spread over one or more member leaves."""
+
+  name: str
+  num_groups: int
+  members: tuple[Member, ...]
+
+  @property
+  def group_size(self) -> int:
+    """Number of scalars in each group of the family."""
+    return sum(m.group_size for m in self.members)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupStructure:
+  """Groups resolved against a concrete params tree (static, hashable)."""
+
+  treedef: Any
+  paths: tuple[str, ...]
+  families: tuple[Family, ...]
+
+  @property
+  def num_groups(self) -> int:
+    return sum(f.num_groups for f in self.families)
+
+  @property
+  def family_names(self) -> tuple[str, ...]:
+    return tuple(f.name for f in self.families)
+
+  def family(self, name: str) -> Family:
+    for f in self.families:
+      if f.name == name:
+        return f
+    raise KeyError(f"no group family named {name!r}; families: {self.family_names}")
+
+  def table(self) -> str:
+    """A printable table: family, groups, group size, members (path[axis])."""
+    rows = [("family", "groups", "size", "members")]
+    for f in self.families:
+      members = ", ".join(f"{m.path}[{m.axis}]" for m in f.members)
+      rows.append((f.name, str(f.num_groups), str(f.group_size), members))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [
+        f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}" for r in rows
+    ]
+    lines.append(f"{len(self.families)} families, {self.num_groups} groups")
+    return "\n".join(lines)
+
+  def __str__(self) -> str:
+    return self.table()
+
+
+def path_str(path) -> str:
+  """``a/b/kernel`` for a jax key path.
+
+  A trailing ``.value`` attribute (how Flax NNX ``Variable`` boxes flatten) is
+  dropped, so an NNX ``State`` and a plain nested dict give the same paths.
+  """
+  path = tuple(path)
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+    path = path[:-1]
+  return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def _is_spec_leaf(x) -> bool:
+  return x is None or isinstance(x, (int, np.integer, GroupAxis))
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupRules:
+  """A group spec written as ``(regex, spec_leaf)`` rules over parameter paths.
+
+  Paths are ``/``-joined key names (``block1/conv/kernel``). The first rule
+  whose regex matches the whole path (``re.fullmatch``) decides the leaf; leaves
+  no rule matches are not regularised. A ``GroupAxis`` family name may use the
+  regex's groups (``r"\\1"``) so one rule can couple each conv with its own
+  BatchNorm::
+
+      GroupRules([
+          (r"(.*)/conv/kernel", GroupAxis(-1, r"\\1")),
+          (r"(.*)/bn/(scale|bias)", GroupAxis(0, r"\\1")),
+      ])
+
+  Rules are not callable on purpose: ``optax.inject_hyperparams`` treats every
+  callable argument as a schedule.
+  """
+
+  rules: Sequence[tuple[str, SpecLeaf]]
+
+  def __post_init__(self):
+    compiled = []
+    for i, rule in enumerate(self.rules):
+      if not (isinstance(rule, (tuple, list)) and len(rule) == 2):
+        raise ValueError(f"GroupRules rule {i} must be a (regex, spec_leaf) pair, got {rule!r}")
+      pattern, leaf = rule
+      if not _is_spec_leaf(leaf):
+        raise ValueError(
+            f"GroupRules rule {i} ({pattern!r}): spec leaf must be None, an int axis "
+            f"or GroupAxis, got {leaf!r}"
+        )
+      try:
+        compiled.append((re.compile(pattern), leaf))
+      except re.error as e:
+        raise ValueError(f"GroupRules rule {i}: bad regex {pattern!r}: {e}") from e
+    object.__setattr__(self, "_compiled", tuple(compiled))
+
+  def spec(self, params):
+    """The group spec pytree these rules give for ``params``."""
+
+    def leaf_spec(path, _):
+      p = path_str(path)
+      for regex, leaf in self._compiled:
+        m = regex.fullmatch(p)
+        if m is None:
+          continue
+        if isinstance(leaf, GroupAxis) and leaf.family is not None:
+          return GroupAxis(leaf.axis, m.expand(leaf.family))
+        return leaf
+      return None
+
+    return jax.tree_util.tree_map_with_path(leaf_spec, params)
+
+
+GroupSpec = Any  # a spec pytree, GroupRules or GroupStructure
+
+
+def resolve(params, groups: GroupSpec) -> GroupStructure:
+  """Resolves a group spec against ``params`` (shapes and structure only).
+
+  Args:
+    params: the parameter pytree (arrays, tracers or ``jax.ShapeDtypeStruct``).
+    groups: a spec pytree, :class:`GroupRules`, or an already resolved
+      :class:`GroupStructure` (checked against ``params``).
+
+  Returns:
+    The :class:`GroupStructure`; families appear in order of their first member.
+
+  Raises:
+    ValueError: naming the parameter path, when the spec's tree does not match
+      params, an axis is out of range, a spec leaf has the wrong type, or
+      members of one family have different group counts.
+  """
+  path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  paths = tuple(path_str(p) for p, _ in path_leaves)
+  shapes = tuple(tuple(np.shape(x)) for _, x in path_leaves)
+
+  if isinstance(groups, GroupStructure):
+    if groups.treedef != treedef or groups.paths != paths:
+      raise ValueError(
+          "GroupStructure was resolved for a different params tree; resolve it again. "
+          f"Expected leaves {groups.paths[:5]}..., got {paths[:5]}..."
+      )
+    for f in groups.families:
+      for m in f.members:
+        if shapes[m.index] != m.shape:
+          raise ValueError(
+              f"param {m.path!r}: shape {shapes[m.index]} differs from the shape "
+              f"{m.shape} the GroupStructure was resolved for"
+          )
+    return groups
+  return _resolve(groups, treedef, paths, shapes)
+
+
+def _resolve(groups, treedef, paths, shapes) -> GroupStructure:
+  if isinstance(groups, GroupRules):
+    spec = groups.spec(jax.tree_util.tree_unflatten(treedef, [np.empty(0)] * len(paths)))
+  else:
+    spec = groups
+  spec_leaves, spec_treedef = jax.tree_util.tree_flatten(spec, is_leaf=_is_spec_leaf)
+  if spec_treedef != treedef:
+    raise ValueError(
+        "group spec does not have the structure of params.\n"
+        f"  params: {treedef}\n  spec:   {spec_treedef}\n"
+        "Give one spec leaf (None, int axis or GroupAxis) per parameter leaf, "
+        "or use GroupRules."
+    )
+
+  members: dict[str, list[Member]] = {}
+  for index, (path, shape, leaf) in enumerate(zip(paths, shapes, spec_leaves)):
+    if leaf is None:
+      continue
+    if isinstance(leaf, GroupAxis):
+      axis, family = leaf.axis, leaf.family
+    elif isinstance(leaf, (int, np.integer)) and not isinstance(leaf, bool):
+      axis, family = int(leaf), None
+    else:
+      raise ValueError(
+          f"param {path!r}: group spec leaf must be None, an int axis or GroupAxis, got {leaf!r}"
+      )
+    ndim = len(shape)
+    if ndim == 0:
+      raise ValueError(f"param {path!r}: a scalar cannot be cut into groups (spec {leaf!r})")
+    if not -ndim <= axis < ndim:
+      raise ValueError(
+          f"param {path!r}: group axis {axis} out of range for shape {shape} (ndim {ndim})"
+      )
+    axis %= ndim
+    if shape[axis] == 0:
+      raise ValueError(f"param {path!r}: group axis {axis} has size 0 (shape {shape})")
+    name = family if family is not None else path
+    members.setdefault(name, []).append(Member(index, path, axis, shape))
+
+  families = []
+  for name, ms in members.items():
+    counts = {m.shape[m.axis] for m in ms}
+    if len(counts) != 1:
+      detail = ", ".join(f"{m.path!r}: {m.shape[m.axis]}" for m in ms)
+      raise ValueError(
+          f"group family {name!r}: members have different group counts along their "
+          f"group axes ({detail})"
+      )
+    families.append(Family(name, counts.pop(), tuple(ms)))
+  return GroupStructure(treedef, paths, tuple(families))
+
+
+# --- per-group reductions (traceable) -------------------------------------------------
+
+
+def member_reduce(x, member: Member):
+  """Sums ``x`` over every axis but the member's group axis -> shape ``(G,)``."""
+  axes = tuple(i for i in range(x.ndim) if i != member.axis)
+  return jnp.sum(x, axis=axes) if axes else x
+
+
+def expand(vec, member: Member):
+  """Reshapes a per-group vector ``(G,)`` to broadcast against the member leaf."""
+  shape = [1] * len(member.shape)
+  shape[member.axis] = member.shape[member.axis]
+  return jnp.reshape(vec, shape)
+
+
+def family_sums(structure: GroupStructure, leaves: Sequence, fn) -> list:
+  """For each family, ``sum_members member_reduce(fn(*leaf_i))``: a list of ``(G,)``.
+
+  ``leaves`` is a sequence of flattened pytrees (e.g. ``[params]`` or
+  ``[params, updates]``); ``fn`` maps the corresponding leaves of each to the
+  elementwise quantity to sum (``jnp.square``, a product, ...). Sums are
+  accumulated in float32 at least.
+  """
+  out = []
+  for fam in structure.families:
+    total = None
+    for m in fam.members:
+      value = fn(*(tree[m.index] for tree in leaves))
+      value = value.astype(jnp.promote_types(value.dtype, jnp.float32))
+      s = member_reduce(value, m)
+      total = s if total is None else total + s
+    out.append(total)
+  return out
+
+
+def family_sq_norms(structure: GroupStructure, leaves: Sequence) -> list:
+  """Squared group norms ``||x_g||^2`` per family, from flattened param leaves."""
+  return family_sums(structure, [leaves], jnp.square)
+
+
+def map_members(structure: GroupStructure, per_family: Sequence, fn, leaves: Sequence) -> list:
+  """Rebuilds the grouped leaves from per-family vectors.
+
+  Returns a copy of ``leaves`` in which the leaf of each member ``m`` of family
+  ``k`` is replaced by ``fn(m, expand(per_family[k], m))``; ungrouped leaves are
+  kept as they are.
+  """
+  out = list(leaves)
+  for fam, value in zip(structure.families, per_family):
+    for m in fam.members:
+      out[m.index] = fn(m, expand(value, m))
+  return out
