@@ -123,19 +123,21 @@ def _cap_projection(proj, zero, margin, upper):
   candidates are projected, those with the most negative margin
   ``<x_hat_g, x_g> - epsilon ||x_g||^2`` relative to ``||x_g||^2`` (ties by index).
   The reference picks the ``k`` at random. Counts are compared as integers
-  against ``c = ceil(G * upper)`` (with a 1e-6 round-off guard), since
+  (with a 1e-6 round-off guard on ``G * upper``), using
   ``floor(n - G*upper) = n - ceil(G*upper)`` for integer ``n``.
   """
   num_groups = proj.shape[0]
-  c = jnp.ceil(num_groups * upper - 1e-6).astype(jnp.int32)
+  allowed = num_groups * upper
+  floor = jnp.floor(allowed + 1e-6).astype(jnp.int32)  # n > G*upper  <=>  n > floor
+  ceil = jnp.ceil(allowed - 1e-6).astype(jnp.int32)    # n < G*upper  <=>  n < ceil
   n_zero = jnp.sum(zero, dtype=jnp.int32)
   n_trial = jnp.sum(proj | zero, dtype=jnp.int32)
-  k = jnp.clip(n_trial - c, 0, num_groups - 1)
+  k = jnp.clip(n_trial - ceil, 0, num_groups - 1)
   ranked = jnp.where(proj, margin, jnp.inf)
   rank = jnp.argsort(jnp.argsort(ranked, stable=True), stable=True)
   capped = proj & (rank < k)
-  limited = jnp.where(n_trial > c, capped, proj)
-  return jnp.where(n_zero < c, limited, False)
+  limited = jnp.where(n_trial > floor, capped, proj)
+  return jnp.where(n_zero < ceil, limited, False)
 
 
 def half_space_projection(
