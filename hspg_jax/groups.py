@@ -3,7 +3,8 @@
 A *group spec* has the tree structure of the params (like an ``optax.masked``
 mask). Each spec leaf says how the matching parameter leaf is cut into groups:
 
-* ``None``: the leaf is not regularised;
+* ``None``: the leaf is not regularised (a ``None`` may also stand for a whole
+  subtree, e.g. ``{"encoder": 0, "head": None}``);
 * an ``int`` axis: the leaf is cut along ``axis``; group ``i`` is the slice
   ``leaf[..., i, ...]`` on that axis (a conv kernel in HWIO layout uses ``-1``,
   one group per output channel);
@@ -205,17 +206,23 @@ GroupSpec = Any  # a spec pytree, GroupRules or GroupStructure
 def resolve(params, groups: GroupSpec) -> GroupStructure:
   """Resolves a group spec against ``params`` (shapes and structure only).
 
+  Spec leaves are matched to parameter leaves by path (``a/b/kernel``), so the
+  spec may use other container types than params: a plain dict spec works for
+  an NNX ``State``, and a spec whose leaves sit in NNX ``Variable`` boxes works
+  for the pure arrays ``nnx.Optimizer`` passes to Optax.
+
   Args:
     params: the parameter pytree (arrays, tracers or ``jax.ShapeDtypeStruct``).
     groups: a spec pytree, :class:`GroupRules`, or an already resolved
       :class:`GroupStructure` (checked against ``params``).
 
   Returns:
-    The :class:`GroupStructure`; families appear in order of their first member.
+    The :class:`GroupStructure`, with ``params``' tree definition; families
+    appear in order of their first member.
 
   Raises:
-    ValueError: naming the parameter path, when the spec's tree does not match
-      params, an axis is out of range, a spec leaf has the wrong type, or
+    ValueError: naming the parameter path, when the spec's paths do not match
+      params', an axis is out of range, a spec leaf has the wrong type, or
       members of one family have different group counts.
   """
   path_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -223,11 +230,9 @@ def resolve(params, groups: GroupSpec) -> GroupStructure:
   shapes = tuple(tuple(np.shape(x)) for _, x in path_leaves)
 
   if isinstance(groups, GroupStructure):
-    if groups.treedef != treedef or groups.paths != paths:
-      raise ValueError(
-          "GroupStructure was resolved for a different params tree; resolve it again. "
-          f"Expected leaves {groups.paths[:5]}..., got {paths[:5]}..."
-      )
+    if groups.paths != paths:
+      _raise_path_mismatch(paths, dict.fromkeys(groups.paths, 0),
+                           what="GroupStructure (resolve it again)")
     for f in groups.families:
       for m in f.members:
         if shapes[m.index] != m.shape:
@@ -235,23 +240,56 @@ def resolve(params, groups: GroupSpec) -> GroupStructure:
               f"param {m.path!r}: shape {shapes[m.index]} differs from the shape "
               f"{m.shape} the GroupStructure was resolved for"
           )
+    if groups.treedef != treedef:
+      groups = dataclasses.replace(groups, treedef=treedef)
     return groups
-  return _resolve(groups, treedef, paths, shapes)
+  return _resolve(groups, params, treedef, paths, shapes)
 
 
-def _resolve(groups, treedef, paths, shapes) -> GroupStructure:
-  if isinstance(groups, GroupRules):
-    spec = groups.spec(jax.tree_util.tree_unflatten(treedef, [np.empty(0)] * len(paths)))
-  else:
-    spec = groups
-  spec_leaves, spec_treedef = jax.tree_util.tree_flatten(spec, is_leaf=_is_spec_leaf)
-  if spec_treedef != treedef:
-    raise ValueError(
-        "group spec does not have the structure of params.\n"
-        f"  params: {treedef}\n  spec:   {spec_treedef}\n"
-        "Give one spec leaf (None, int axis or GroupAxis) per parameter leaf, "
-        "or use GroupRules."
-    )
+def _raise_path_mismatch(paths, by_path: dict, what="group spec"):
+  missing = [p for p in paths if p not in by_path and _none_prefix(p, by_path) is None]
+  extra = [p for p in by_path if p not in set(paths)
+           and not (by_path[p] is None and any(q.startswith(p + "/") for q in paths))]
+  lines = [f"{what} does not match the params tree."]
+  if missing:
+    lines.append(f"  params without a spec leaf: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+  if extra:
+    lines.append(f"  spec paths not in params:   {extra[:8]}{' ...' if len(extra) > 8 else ''}")
+  if not missing and not extra:
+    lines.append("  the leaves are in a different order")
+  lines.append("Give one spec leaf (None, int axis or GroupAxis) per parameter leaf, "
+               "or use GroupRules.")
+  raise ValueError("\n".join(lines))
+
+
+def _none_prefix(path, by_path):
+  """The spec path covering ``path`` with a ``None`` leaf (a whole subtree), if any."""
+  parts = path.split("/")
+  for i in range(len(parts) - 1, 0, -1):
+    prefix = "/".join(parts[:i])
+    if prefix in by_path and by_path[prefix] is None:
+      return prefix
+  return None
+
+
+def _resolve(groups, params, treedef, paths, shapes) -> GroupStructure:
+  spec = groups.spec(params) if isinstance(groups, GroupRules) else groups
+  spec_path_leaves = jax.tree_util.tree_flatten_with_path(spec, is_leaf=_is_spec_leaf)[0]
+  by_path = {}
+  for path, leaf in spec_path_leaves:
+    key = path_str(path)
+    if key in by_path:
+      raise ValueError(f"group spec has two leaves for the path {key!r}")
+    by_path[key] = leaf
+  spec_leaves, used = [], set()
+  for p in paths:
+    key = p if p in by_path else _none_prefix(p, by_path)
+    if key is None:
+      _raise_path_mismatch(paths, by_path)
+    used.add(key)
+    spec_leaves.append(by_path[key])
+  if used != set(by_path):
+    _raise_path_mismatch(paths, by_path)
 
   members: dict[str, list[Member]] = {}
   for index, (path, shape, leaf) in enumerate(zip(paths, shapes, spec_leaves)):
@@ -292,6 +330,15 @@ def _resolve(groups, treedef, paths, shapes) -> GroupStructure:
 
 
 # --- per-group reductions (traceable) -------------------------------------------------
+
+
+def check_same_leaves(params_leaves: Sequence, updates_leaves: Sequence):
+  """Raises unless updates have one leaf of the same shape per parameter leaf."""
+  if len(params_leaves) != len(updates_leaves) or any(
+      np.shape(a) != np.shape(b) for a, b in zip(params_leaves, updates_leaves)):
+    raise ValueError(
+        f"updates do not match params: {len(updates_leaves)} update leaves for "
+        f"{len(params_leaves)} parameter leaves, or different shapes")
 
 
 def member_reduce(x, member: Member):

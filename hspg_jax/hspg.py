@@ -95,7 +95,8 @@ def add_group_lasso_subgradient(
     _require_params(params, "add_group_lasso_subgradient")
     structure = groups_lib.resolve(params, groups)
     x = jax.tree_util.tree_leaves(params)
-    u = jax.tree_util.tree_leaves(updates)
+    u, updates_def = jax.tree_util.tree_flatten(updates)
+    groups_lib.check_same_leaves(x, u)
     lam = _hparams.value_at(reg_strength, state.count)
     active = state.count >= start_step
     coefs = []
@@ -108,7 +109,7 @@ def add_group_lasso_subgradient(
       return (ui + coef * xi).astype(ui.dtype)
 
     new_u = groups_lib.map_members(structure, coefs, add, u)
-    return (jax.tree_util.tree_unflatten(structure.treedef, new_u),
+    return (jax.tree_util.tree_unflatten(updates_def, new_u),
             GroupLassoState(count=optax.safe_int32_increment(state.count)))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -208,7 +209,8 @@ def half_space_projection(
     structure = groups_lib.resolve(params, groups)
     epsilons = _hparams.per_family("epsilon", epsilon, structure.family_names, 0.0, 1.0)
     x = jax.tree_util.tree_leaves(params)
-    u = jax.tree_util.tree_leaves(updates)
+    u, updates_def = jax.tree_util.tree_flatten(updates)
+    groups_lib.check_same_leaves(x, u)
     half_space = state.count >= start_step
 
     sq = groups_lib.family_sq_norms(structure, x)
@@ -242,7 +244,7 @@ def half_space_projection(
         return jnp.where(f == 1.0, ui, f * (xi + u[m.index]) - xi).astype(ui.dtype)
 
       new_u = groups_lib.map_members(structure, scale, shrink, new_u)
-    return (jax.tree_util.tree_unflatten(structure.treedef, new_u),
+    return (jax.tree_util.tree_unflatten(updates_def, new_u),
             HalfSpaceState(count=optax.safe_int32_increment(state.count)))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -42,7 +42,8 @@ def group_prox(groups, threshold) -> optax.GradientTransformationExtraArgs:
       raise ValueError("group_prox needs params. " + optax._src.base.NO_PARAMS_MSG)
     structure = groups_lib.resolve(params, groups)
     x = jax.tree_util.tree_leaves(params)
-    u = jax.tree_util.tree_leaves(updates)
+    u, updates_def = jax.tree_util.tree_flatten(updates)
+    groups_lib.check_same_leaves(x, u)
     t = _hparams.value_at(threshold, state.count)
     trial_sq = groups_lib.family_sums(structure, [x, u], lambda xi, ui: jnp.square(xi + ui))
     factors = [prox_lib.block_soft_threshold_factor(s, t) for s in trial_sq]
@@ -52,7 +53,7 @@ def group_prox(groups, threshold) -> optax.GradientTransformationExtraArgs:
       return (f * (xi + ui) - xi).astype(ui.dtype)
 
     new_u = groups_lib.map_members(structure, factors, step, u)
-    return (jax.tree_util.tree_unflatten(structure.treedef, new_u),
+    return (jax.tree_util.tree_unflatten(updates_def, new_u),
             GroupProxState(count=optax.safe_int32_increment(state.count)))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -81,12 +81,23 @@ def test_metrics_match_numpy():
   assert not masks["head"]["kernel"].any()
 
 
-def test_spec_structure_mismatch_is_reported():
+def test_spec_structure_mismatch_names_the_paths():
   params = params_tree()
   spec = explicit_spec()
-  del spec["head"]
-  with pytest.raises(ValueError, match="structure of params"):
+  del spec["head"]["bias"]
+  with pytest.raises(ValueError, match=r"params without a spec leaf: \['head/bias'\]"):
     hspg_jax.resolve_groups(params, spec)
+  spec = explicit_spec()
+  spec["head"]["extra"] = 0
+  with pytest.raises(ValueError, match=r"spec paths not in params: +\['head/extra'\]"):
+    hspg_jax.resolve_groups(params, spec)
+
+
+def test_none_covers_a_whole_subtree():
+  params = params_tree()
+  spec = explicit_spec()
+  spec["head"] = None
+  assert hspg_jax.resolve_groups(params, spec) == hspg_jax.resolve_groups(params, explicit_spec())
 
 
 def test_axis_out_of_range_names_the_path():
@@ -198,3 +209,33 @@ def test_works_on_flax_nnx_state():
   updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
   assert jax.tree.structure(updates) == jax.tree.structure(params)
   assert isinstance(optax.apply_updates(params, updates), nnx.State)
+  # A plain-dict spec, and a spec whose leaves sit in Param boxes (as a spec
+  # derived from the model is), both match by path.
+  plain = {"conv": {"kernel": GroupAxis(-1, "c")},
+           "bn": {"scale": GroupAxis(0, "c"), "bias": GroupAxis(0, "c")}}
+  boxed = jax.tree.map(lambda _: None, params)
+  boxed["conv"]["kernel"].set_value(GroupAxis(-1, "c"))
+  boxed["bn"]["scale"].set_value(GroupAxis(0, "c"))
+  boxed["bn"]["bias"].set_value(GroupAxis(0, "c"))
+  for spec in (plain, boxed):
+    assert hspg_jax.resolve_groups(params, spec) == structure
+
+
+def test_nnx_optimizer_with_a_boxed_spec():
+  nnx = pytest.importorskip("flax.nnx")
+  model = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+  spec = jax.tree.map(lambda _: None, nnx.state(model, nnx.Param))  # Param boxes
+  spec["kernel"].set_value(GroupAxis(1, "out"))
+  spec["bias"].set_value(GroupAxis(0, "out"))
+  # nnx.Optimizer hands Optax pure arrays, not Param boxes.
+  optimizer = nnx.Optimizer(model, hspg_jax.hspg(0.5, 5.0, spec), wrt=nnx.Param)
+  x = jnp.ones((2, 3))
+
+  @nnx.jit
+  def step(model, optimizer):
+    optimizer.update(model, nnx.grad(lambda m: jnp.mean(m(x) ** 2) * 0.0)(model))
+
+  for _ in range(5):
+    step(model, optimizer)
+  # f is flat (zero gradient), so the group lasso drives every group to zero.
+  assert float(hspg_jax.group_sparsity(nnx.state(model, nnx.Param), spec)) == 1.0
