@@ -123,7 +123,6 @@ def test_linear_classifier_on_mean_logmel_does_not_saturate(tmp_path):
   assert chance + 0.15 < acc < 0.9, acc
 
 
-@pytest.mark.slow
 def test_default_set_has_structure_beyond_the_mean_spectrum(tmp_path):
   """On the default set, temporal statistics beat the mean spectrum clearly."""
   root = synthetic.make_default(tmp_path / "s", progress=False)

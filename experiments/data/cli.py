@@ -152,7 +152,7 @@ def cmd_tfds_build(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="python -m experiments.data.cli",
+      prog="hspg-data",
       description="Acoustic scene data: the synthetic default set, DCASE layout checks, "
       "cached features and TFDS builders.")
   sub = parser.add_subparsers(dest="command", required=True)
