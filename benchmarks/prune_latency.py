@@ -29,6 +29,7 @@ from flax import nnx
 import hspg_jax
 import hspg_jax.flax as hf
 import models
+from models.testing import materialize
 
 
 def parse_args(argv=None):
@@ -47,34 +48,6 @@ def parse_args(argv=None):
   p.add_argument("--runs", type=int, default=10, help="timed rounds (median reported)")
   p.add_argument("--seed", type=int, default=0)
   return p.parse_args(argv)
-
-
-def numpy_init(make, seed):
-  """``make(rngs)`` with numpy-random He-scaled weights and BN statistics.
-
-  Latency does not depend on the values; filling from numpy avoids one XLA
-  compile per distinct parameter shape that jax.random initialisers cost.
-  """
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(seed))))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, x):
-    name = hspg_jax.groups.path_str(path).rsplit("/", 1)[-1]
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.key(seed)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      return np.zeros(x.shape, x.dtype)
-    if name == "var":
-      v = rng.uniform(0.5, 2.0, x.shape)
-    elif name == "scale":
-      v = rng.normal(1.0, 0.2, x.shape)
-    elif name in ("mean", "bias"):
-      v = rng.normal(0.0, 0.2, x.shape)
-    else:
-      v = rng.normal(0.0, np.sqrt(2.0 / np.prod(x.shape[:-1])), x.shape)
-    return jnp.asarray(v, x.dtype)
-
-  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
 
 
 def zero_random_groups(model, graph, frac, seed):
@@ -116,7 +89,7 @@ def main(argv=None):
         f"{jax.devices()[0].platform} x{jax.device_count()}, {platform.processor() or 'cpu'}, "
         f"{os.cpu_count()} logical cores")
   t0 = time.perf_counter()
-  dense = numpy_init(lambda r: models.get_model(args.model, 10, rngs=r, **kw), args.seed)
+  dense = materialize(lambda r: models.get_model(args.model, 10, rngs=r, **kw), args.seed)
   x = jax.random.normal(jax.random.key(args.seed), shape)
   graph = hf.analyze_channels(dense, x)
   print(f"# {len(graph.structure.families)} group families, {graph.structure.num_groups} groups "

@@ -18,30 +18,7 @@ import hspg_jax
 import hspg_jax.flax as hf
 import models
 from models import cp_resnet
-
-
-def materialize(make, seed=0):
-  """``make(rngs)`` with numpy-random weights and BatchNorm statistics."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: make(nnx.Rngs(0))))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, x):
-    name = hspg_jax.groups.path_str(path).rsplit("/", 1)[-1]
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-      return jax.random.key(seed)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-      return np.zeros(x.shape, x.dtype)
-    if name == "var":
-      v = rng.uniform(0.5, 2.0, x.shape)
-    elif name == "scale":
-      v = rng.normal(1.0, 0.3, x.shape)
-    elif name in ("mean", "bias"):
-      v = rng.normal(0.0, 0.5, x.shape)
-    else:  # kernels, He-scaled
-      v = rng.normal(0.0, np.sqrt(2.0 / np.prod(x.shape[:-1])), x.shape)
-    return jnp.asarray(v, x.dtype)
-
-  return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(fill, state))
+from models.testing import materialize
 
 
 def zero_groups(model, graph, frac=None, which=None, seed=0):
