@@ -133,7 +133,8 @@ class PreparedData:
 def prepare(root=None, *, features: features_lib.FeatureConfig = features_lib.CP_RESNET,
             cache_dir=None, fold: int | None = 1, layout: str | None = None,
             classes=None, on_error: str = "raise", workers: int | None = None,
-            progress: bool = True, audio: dcase.AudioSpec | None = None) -> PreparedData:
+            progress: bool = True, audio: dcase.AudioSpec | None = None,
+            limit_per_split: int = 0, limit_seed: int = 0) -> PreparedData:
   """Loads a data set, fills the feature cache and computes training statistics.
 
   Args:
@@ -147,6 +148,10 @@ def prepare(root=None, *, features: features_lib.FeatureConfig = features_lib.CP
     workers: Extraction processes (None: all cores).
     progress: Progress bars.
     audio: Expected audio properties (default: inferred).
+    limit_per_split: If > 0, keep only this many clips of each split (a seeded
+      random choice, stratified by nothing; for smoke runs on large sets: only
+      these clips are featurised).
+    limit_seed: Seed of that choice.
 
   Returns:
     A :class:`PreparedData`.
@@ -157,6 +162,8 @@ def prepare(root=None, *, features: features_lib.FeatureConfig = features_lib.CP
     root = synthetic.make_default(progress=progress)
   ds = dcase.load(root, layout=layout, fold=fold, classes=classes, on_error=on_error,
                   audio=audio, progress=progress)
+  if limit_per_split > 0:
+    ds = _limit_splits(ds, limit_per_split, limit_seed)
   cache = cache_lib.FeatureCache(features, cache_dir)
   files = list(dict.fromkeys(f for split in ds.splits for f in ds.files(split)))
   result = cache.extract(files, workers=workers, progress=progress, on_error=on_error)
@@ -177,6 +184,15 @@ def prepare(root=None, *, features: features_lib.FeatureConfig = features_lib.CP
   stats = _train_stats(cache, sources["train"], progress)
   return PreparedData(dataset=ds, sources=sources, stats=stats, classes=ds.classes, cache=cache,
                       skipped=result.failed, extraction=result)
+
+
+def _limit_splits(ds: dcase.DcaseDataset, n: int, seed: int) -> dcase.DcaseDataset:
+  rng = np.random.default_rng(seed)
+  splits = {}
+  for name, clips in ds.splits.items():
+    keep = np.sort(rng.permutation(len(clips))[:n]) if len(clips) > n else np.arange(len(clips))
+    splits[name] = [clips[i] for i in keep]
+  return dataclasses.replace(ds, splits=splits)
 
 
 def _train_stats(cache: cache_lib.FeatureCache, source: CachedFeatureSource,

@@ -1,0 +1,110 @@
+"""The exported slim model: loadable without the dense model or the training run.
+
+``pruned/`` holds ``model.json`` (the registered model name, its constructor
+arguments, the input shape, the class names, the feature parameters and the
+shape of every state leaf after pruning), ``norm.npz`` (the training split's
+normalisation statistics) and ``weights/`` (orbax). :func:`load` builds the
+dense architecture abstractly (no weights are initialised), cuts every leaf to
+the saved shape, loads the weights and fixes the layers' size attributes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+import models
+from hspg_jax import groups as groups_lib
+from hspg_jax.flax import prune as prune_lib
+
+__all__ = ["save", "load", "ExportedModel"]
+
+
+def _leaf_paths(state) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  return {groups_lib.path_str(p): tuple(np.shape(x)) for p, x in leaves}
+
+
+def save(directory, model: nnx.Module, *, info: dict, norm=None) -> Path:
+  """Writes ``model`` (the pruned model, eval mode) and ``info`` into ``directory``.
+
+  ``info`` must hold ``model`` (registered name), ``n_classes``, ``kwargs``
+  (constructor keywords), ``input_shape``, ``classes``; anything else is kept.
+  """
+  directory = Path(directory).absolute()
+  tmp = directory.with_name(directory.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  # Only weights and statistics: RNG streams (dropout keys) are not needed for inference.
+  keep = nnx.state(model, (nnx.Param, nnx.BatchStat)).to_pure_dict()
+  meta = dict(info, shapes=_leaf_paths(keep))
+  (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+  if norm is not None:
+    np.savez(tmp / "norm.npz", mean=norm.mean, std=norm.std, count=norm.count)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(tmp / "weights", jax.tree.map(np.asarray, keep))
+  shutil.rmtree(directory, ignore_errors=True)
+  tmp.replace(directory)
+  return directory
+
+
+class ExportedModel:
+  """A loaded export: ``model`` (eval mode), ``info`` (model.json) and ``norm``."""
+
+  def __init__(self, model, info, norm):
+    self.model, self.info, self.norm = model, info, norm
+
+  def predict(self, features: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Logits for un-normalised features ``(n, mel, frames, channels)``."""
+    if self.norm is not None:
+      features = (features - self.norm["mean"]) / self.norm["std"]
+    gd, state = nnx.split(self.model)
+    forward = jax.jit(lambda s, x: nnx.merge(gd, s)(x))
+    out = [np.asarray(forward(state, jnp.asarray(features[i:i + batch_size], jnp.float32)))
+           for i in range(0, len(features), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, self.info["n_classes"]), np.float32)
+
+
+def _concrete(x):
+  """A placeholder value for a non-weight leaf (RNG stream state) of the abstract model."""
+  if not isinstance(x, jax.ShapeDtypeStruct):
+    return x
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return jax.random.split(jax.random.key(0), x.shape) if x.shape else jax.random.key(0)
+  return jnp.zeros(x.shape, x.dtype)
+
+
+def load(directory) -> ExportedModel:
+  """Loads an export written by :func:`save`."""
+  directory = Path(directory).absolute()
+  meta_path = directory / "model.json"
+  if not meta_path.is_file():
+    raise FileNotFoundError(f"{directory}: no model.json; not an exported model "
+                            "(run `hspg-asc prune RUN` first)")
+  info = json.loads(meta_path.read_text())
+  abstract = nnx.eval_shape(lambda: models.get_model(
+      info["model"], info["n_classes"], rngs=nnx.Rngs(0), **info["kwargs"]))
+  abstract.eval()
+  gd, params_stats, rest = nnx.split(abstract, (nnx.Param, nnx.BatchStat), ...)
+  shapes = info["shapes"]
+  target = jax.tree_util.tree_map_with_path(
+      lambda p, x: jax.ShapeDtypeStruct(tuple(shapes[groups_lib.path_str(p)]), x.dtype),
+      params_stats.to_pure_dict())
+  with ocp.StandardCheckpointer() as ckpt:
+    weights = ckpt.restore(directory / "weights", target)
+  nnx.replace_by_pure_dict(params_stats, jax.tree.map(jnp.asarray, weights))
+  rest = jax.tree.map(_concrete, rest)
+  model = nnx.merge(gd, params_stats, rest)
+  prune_lib._sync_sizes(model)  # pylint: disable=protected-access
+  norm = None
+  if (directory / "norm.npz").is_file():
+    with np.load(directory / "norm.npz") as z:
+      norm = {"mean": z["mean"], "std": z["std"]}
+  return ExportedModel(model, info, norm)

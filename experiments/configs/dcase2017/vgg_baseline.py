@@ -1,0 +1,7 @@
+"""DCASE2017 Task 1, VGG, baseline: the seed's protocol (see seed_tables)."""
+
+from experiments.configs import seed_tables
+
+
+def get_config():
+  return seed_tables.cell("dcase2017", "VGG", "baseline")
