@@ -123,14 +123,17 @@ def _init_distributed(args):
       raise _Fail(f"--num-processes: must be >= 1, got {args.num_processes}")
     if not 0 <= args.process_id < args.num_processes:
       raise _Fail(f"--process-id: must be in [0, {args.num_processes - 1}], got {args.process_id}")
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU collectives across processes go through gloo (GPU/TPU use their own);
+    # asking for the backend here would initialise it too early.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   elif args.distributed:
     jax.distributed.initialize()
 
 
 def _train(args) -> int:
+  # jax.distributed must start before anything initialises a JAX backend.
+  _init_distributed(args)
   from experiments.asc import config as config_lib  # pylint: disable=g-import-not-at-top
 
   cfg = config_lib.load(args.config)
@@ -144,7 +147,6 @@ def _train(args) -> int:
   config_lib.validate(cfg)  # before jax starts or any data is touched
   if args.workdir is None:
     args.workdir = str(Path("runs") / default_run_name(cfg))
-  _init_distributed(args)
   from experiments.asc import train  # pylint: disable=g-import-not-at-top
 
   train.train(cfg, args.workdir, overwrite=args.overwrite, progress=not args.no_progress)

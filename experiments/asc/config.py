@@ -326,7 +326,7 @@ def _merge(cfg, d, prefix):
   for key, value in d.items():
     name = prefix + key
     if name == "model.kwargs":
-      cfg.model.kwargs = ml_collections.ConfigDict(value, type_safe=False)
+      cfg[key] = ml_collections.ConfigDict(value, type_safe=False)
     elif isinstance(value, dict) and key in cfg and isinstance(cfg[key], ml_collections.ConfigDict):
       _merge(cfg[key], value, name + ".")
     elif key in cfg:

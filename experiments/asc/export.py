@@ -22,7 +22,7 @@ from flax import nnx
 
 import models
 from hspg_jax import groups as groups_lib
-from hspg_jax.flax import prune as prune_lib
+from hspg_jax.flax.prune import _sync_sizes  # pylint: disable=protected-access
 
 __all__ = ["save", "load", "ExportedModel"]
 
@@ -102,7 +102,7 @@ def load(directory) -> ExportedModel:
   nnx.replace_by_pure_dict(params_stats, jax.tree.map(jnp.asarray, weights))
   rest = jax.tree.map(_concrete, rest)
   model = nnx.merge(gd, params_stats, rest)
-  prune_lib._sync_sizes(model)  # pylint: disable=protected-access
+  _sync_sizes(model)
   norm = None
   if (directory / "norm.npz").is_file():
     with np.load(directory / "norm.npz") as z:

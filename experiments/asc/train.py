@@ -372,6 +372,8 @@ def train(cfg, workdir, *, overwrite: bool = False, progress: bool = True,
           threads=cfg.train.loader_threads)
       t0 = time.time()
       sums = {"loss": 0.0, "correct": 0.0, "count": 0.0, "skipped": 0, "steps": 0}
+      if start and meta.get("sums"):
+        sums = dict(meta["sums"])  # the part of this epoch done before the checkpoint
       bar = _progress(batches, len(batches), f"epoch {epoch + 1}/{cfg.train.epochs}", progress)
       pending = None
       for i, b in enumerate(bar, start=start):
@@ -384,7 +386,7 @@ def train(cfg, workdir, *, overwrite: bool = False, progress: bool = True,
           streak = _account(sums, pending, streak, cfg, bar)
           pending = None
           ckpts.save(int(stepper.host(state.step)), state,
-                     {**meta, "epoch": epoch, "batch": i + 1})
+                     {**meta, "epoch": epoch, "batch": i + 1, "sums": sums})
       if pending is not None:
         streak = _account(sums, pending, streak, cfg, bar)
       bar.close()
@@ -414,7 +416,7 @@ def train(cfg, workdir, *, overwrite: bool = False, progress: bool = True,
         if ev.accuracy > meta["best_acc"]:
           is_best = True
           meta = {**meta, "best_acc": ev.accuracy, "best_epoch": epoch + 1}
-      meta = {**meta, "epoch": epoch + 1, "batch": 0}
+      meta = {**meta, "epoch": epoch + 1, "batch": 0, "sums": None}
       ckpts.save(int(stepper.host(state.step)), state, meta, best=is_best)
       _append_metrics(metrics_path, record)
       _say(_epoch_line(record, cfg))
