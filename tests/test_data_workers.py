@@ -17,14 +17,24 @@ ROOT = Path(__file__).resolve().parent.parent
 LINUX_PROC = Path("/proc/self/stat").exists()
 
 
-def test_pool_runs_tasks_and_reports_failures():
+@pytest.fixture(params=["server", "interpreters"])
+def kind(request, monkeypatch):
+  """Both ways of starting workers: forked by a pool server (Linux), or each a
+  fresh interpreter (elsewhere)."""
+  if request.param == "server" and not workers._USE_SERVER:
+    pytest.skip("no pool server on this platform")
+  monkeypatch.setattr(workers, "_USE_SERVER", request.param == "server")
+  return request.param
+
+
+def test_pool_runs_tasks_and_reports_failures(kind):
   with workers.WorkerPool(2, warmup=None) as pool:
     out = sorted(pool.imap_unordered(math.factorial, [(5,), (-1,), (6,)]))
   assert out == [((-1,), False, "ValueError: factorial() not defined for negative values"),
                  ((5,), True, 120), ((6,), True, 720)]
 
 
-def test_a_dying_worker_fails_its_task_and_is_replaced():
+def test_a_dying_worker_fails_its_task_and_is_replaced(kind):
   # os._exit ends the worker in the middle of its task, like a crash would.
   with workers.WorkerPool(1, warmup=None) as pool:
     out = list(pool.imap_unordered(_call, [(math.factorial, 4), (os._exit, 3),
@@ -39,7 +49,7 @@ def _call(fn, arg):
   return fn(arg)
 
 
-def test_a_worker_that_cannot_start_is_an_error():
+def test_a_worker_that_cannot_start_is_an_error(kind):
   with pytest.raises(workers.WorkerError, match="ModuleNotFoundError"):
     with workers.WorkerPool(1, warmup="no_such_module_anywhere") as pool:
       list(pool.imap_unordered(math.factorial, [(3,)]))
@@ -82,10 +92,11 @@ def _kill_and_watch(script: str, min_processes: int) -> tuple[list[int], list[in
 
 
 @pytest.mark.skipif(not LINUX_PROC, reason="lists processes through /proc")
-def test_busy_workers_die_with_a_sigkilled_parent():
-  before, after = _kill_and_watch("""
+def test_busy_workers_die_with_a_sigkilled_parent(kind):
+  before, after = _kill_and_watch(f"""
       import math, threading, time
       from experiments.data import workers
+      workers._USE_SERVER = {kind == "server"}
       pool = workers.WorkerPool(2, warmup=None)
       assert len(list(pool.imap_unordered(math.factorial, [(3,), (4,)]))) == 2  # both up
       threading.Thread(target=lambda: list(pool.imap_unordered(time.sleep, [(60,), (60,)])),
