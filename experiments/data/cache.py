@@ -69,10 +69,12 @@ __all__ = [
     "default_cache_dir",
     "read_entry",
     "source_key",
+    "write_entry",
 ]
 
 _TMP_MARK = ".tmp-"
-# Below this much estimated work per worker, starting one costs more than it saves.
+# Below this much estimated work per worker, starting one costs more than it saves
+# (a pool starts in about one librosa import: 1-2 s).
 _MIN_WORK_PER_WORKER_S = 3.0
 # Entry format: 2 = .npy + CRC-32 trailer. Part of the directory name, so entries
 # of another format are never read.

@@ -339,16 +339,26 @@ def main(argv=None) -> int:
         warnings.simplefilter("ignore", dcase.SkippedDataWarning)
       return args.func(args)
   except dcase.DataError as e:
+    _close_progress_bars()
     print(f"{PROG}: FAILED: {e.message(cli=True)}", file=sys.stderr)
     return 1
   except (_CommandError, cache.ExtractionError, cache.CorruptEntryError, workers.WorkerError,
           OSError) as e:
+    _close_progress_bars()
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
+    _close_progress_bars()
     print(f"{PROG}: interrupted; finished work (written clips, cached features) is kept, "
           "rerun to resume", file=sys.stderr)
     return 130
+
+
+def _close_progress_bars() -> None:
+  """Ends bars an interrupted loop left open, so the message gets a line of its own."""
+  tqdm = sys.modules.get("tqdm.std")
+  for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+    bar.close()
 
 
 def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
