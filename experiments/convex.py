@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 import hspg_jax
+from experiments import argchecks
 
 GROUPS = {"W": 0, "b": None}
 # Figures measured with the PyTorch reference on this exact setting (from the issue).
@@ -241,48 +242,77 @@ def plot(histories, optimum, path):
   plt.close(fig)
 
 
-def parse_args(argv=None):
+def build_parser():
   p = argparse.ArgumentParser(
       prog="hspg-convex",
-      description="Group-lasso logistic regression on digits: HSPG vs Prox-SG vs the optimum.")
-  p.add_argument("--epochs", type=int, default=300, help="training epochs (default 300)")
-  p.add_argument("--half-space-epoch", type=int, default=50,
-                 help="first epoch of HSPG's half-space stage (default 50)")
-  p.add_argument("--lr-drops", type=int, nargs="*", default=[150, 225],
-                 help="epochs at which lr is divided by 10 (default 150 225)")
+      description="Group-lasso logistic regression on digits: HSPG vs Prox-SG vs the optimum. "
+      "Every option is checked before the study starts.")
+  p.add_argument("--epochs", type=argchecks.positive_int,
+                 help="training epochs (default 300; 30 with --quick)")
+  p.add_argument("--half-space-epoch", type=argchecks.non_negative_int,
+                 help="first epoch of HSPG's half-space stage (default: --epochs / 6, i.e. 50)")
+  p.add_argument("--lr-drops", type=argchecks.positive_int, nargs="*",
+                 help="epochs at which lr is divided by 10 (default: 1/2 and 3/4 of --epochs, "
+                 "i.e. 150 225)")
   p.add_argument("--lr", type=float, default=0.1, help="initial learning rate (default 0.1)")
   p.add_argument("--lam", type=float, default=0.01, help="group-lasso lambda (default 0.01)")
-  p.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")
+  p.add_argument("--batch-size", type=argchecks.positive_int, default=64,
+                 help="mini-batch size (default 64)")
   p.add_argument("--epsilons", type=float, nargs="+", default=[0.0, 0.5, 0.9],
                  help="HSPG epsilons to compare (default 0 0.5 0.9)")
-  p.add_argument("--seed", type=int, default=0, help="seed for init and shuffling")
+  p.add_argument("--seed", type=argchecks.non_negative_int, default=0,
+                 help="seed for init and shuffling")
   p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/convex"),
-                 help="output folder for results.json and curves.png (default runs/convex)")
+                 help="output folder for results.json and curves.png (default runs/convex); "
+                 "checked for writing before the study starts")
   p.add_argument("--quick", action="store_true",
-                 help="a 30-epoch smoke run (half-space from 5, drops at 15 and 22)")
+                 help="a 30-epoch smoke run: changes the default of --epochs (and so of "
+                 "--half-space-epoch and --lr-drops); options given explicitly win")
   p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
-  cfg = p.parse_args(argv)
-  if cfg.quick:
-    cfg.epochs, cfg.half_space_epoch, cfg.lr_drops = 30, 5, [15, 22]
-  if cfg.epochs <= 0:
-    p.error("--epochs must be positive")
-  if not 0 <= cfg.half_space_epoch <= cfg.epochs:
-    p.error("--half-space-epoch must be in [0, --epochs]")
+  return p
+
+
+def _check(p, cfg):
+  """Fills the epoch-derived defaults and refuses bad values, naming the option."""
+  if cfg.epochs is None:
+    cfg.epochs = 30 if cfg.quick else 300
+  if cfg.half_space_epoch is None:
+    cfg.half_space_epoch = cfg.epochs // 6
+  if cfg.half_space_epoch > cfg.epochs:
+    p.error(f"argument --half-space-epoch: must be in [0, --epochs={cfg.epochs}], got "
+            f"{cfg.half_space_epoch}")
+  if cfg.lr_drops is None:
+    cfg.lr_drops = [cfg.epochs // 2, 3 * cfg.epochs // 4]
+  for e in cfg.lr_drops:
+    if e > cfg.epochs:
+      p.error(f"argument --lr-drops: {e} is outside [1, --epochs={cfg.epochs}]")
   for eps in cfg.epsilons:
     if not 0 <= eps < 1:
-      p.error(f"--epsilons: {eps} is outside [0, 1)")
-  if cfg.lr < 0 or cfg.lam < 0:
-    p.error("--lr and --lam must be non-negative")
+      p.error(f"argument --epsilons: {eps} is outside [0, 1)")
+  for flag, value in (("--lr", cfg.lr), ("--lam", cfg.lam)):
+    if not (np.isfinite(value) and value >= 0):
+      p.error(f"argument {flag}: must be a finite number >= 0, got {value}")
   return cfg
 
 
+def parse_args(argv=None):
+  """The study's settings from the command line (validated; nothing is written)."""
+  p = build_parser()
+  return _check(p, p.parse_args(argv))
+
+
 def main(argv=None):
-  cfg = parse_args(argv)
-  rows, histories = run_study(cfg)
+  p = build_parser()
+  cfg = _check(p, p.parse_args(argv))
+  argchecks.writable_dir(p, "--out", cfg.out)  # before hours of work, not after
+  try:
+    rows, histories = run_study(cfg)
+  except KeyboardInterrupt:
+    print("hspg-convex: interrupted; nothing written", file=sys.stderr)
+    return 130
   table = format_table(rows)
   print()
   print(table)
-  cfg.out.mkdir(parents=True, exist_ok=True)
   setting = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(cfg).items()}
   result = {"setting": setting, "rows": rows, "histories": histories,
             "pytorch_reference": REFERENCE, "jax": jax.__version__,

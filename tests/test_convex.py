@@ -1,6 +1,7 @@
 """The convex study: the FISTA optimum is a true optimum, and HSPG meets the issue's bar."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,4 +65,49 @@ def test_cli_quick_run_writes_results(tmp_path, capsys):
 def test_cli_rejects_bad_options(capsys):
   with pytest.raises(SystemExit):
     convex.parse_args(["--epsilons", "1.2"])
-  assert "--epsilons: 1.2 is outside [0, 1)" in capsys.readouterr().err
+  assert "argument --epsilons: 1.2 is outside [0, 1)" in capsys.readouterr().err
+
+
+def test_defaults_and_quick_follow_the_epochs():
+  cfg = convex.parse_args([])
+  assert (cfg.epochs, cfg.half_space_epoch, cfg.lr_drops) == (300, 50, [150, 225])
+  quick = convex.parse_args(["--quick"])
+  assert (quick.epochs, quick.half_space_epoch, quick.lr_drops) == (30, 5, [15, 22])
+  # --quick changes defaults only: what is given explicitly wins.
+  mine = convex.parse_args(["--quick", "--half-space-epoch", "10", "--lr-drops", "20"])
+  assert (mine.epochs, mine.half_space_epoch, mine.lr_drops) == (30, 10, [20])
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--batch-size", "0"], "argument --batch-size: must be a positive integer, got 0"),
+    (["--epochs", "0"], "argument --epochs: must be a positive integer"),
+    (["--quick", "--half-space-epoch", "40"], "argument --half-space-epoch: must be in [0, "
+     "--epochs=30], got 40"),
+    (["--epochs", "100", "--lr-drops", "150"], "argument --lr-drops: 150 is outside [1, "
+     "--epochs=100]"),
+    (["--lr", "nan"], "argument --lr: must be a finite number >= 0"),
+    (["--seed", "-2"], "argument --seed: must be an integer >= 0"),
+    (["--lr-drops", "0"], "argument --lr-drops: must be a positive integer"),
+])
+def test_bad_options_name_the_flag(capsys, argv, needle):
+  with pytest.raises(SystemExit) as e:
+    convex.parse_args(argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert needle in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_unwritable_out_fails_before_the_study(tmp_path, capsys, monkeypatch):
+  def study(cfg, log=print):
+    raise AssertionError("the study ran before --out was checked")
+
+  monkeypatch.setattr(convex, "run_study", study)
+  (tmp_path / "file").write_text("")
+  with pytest.raises(SystemExit):
+    convex.main(["--quick", "--out", str(tmp_path / "file")])
+  assert "argument --out: " in capsys.readouterr().err
+  target = "/proc/hspg-convex-test" if Path("/proc/self").is_dir() else None
+  if target:  # not even root may create folders in /proc
+    with pytest.raises(SystemExit):
+      convex.main(["--quick", "--out", target])
+    assert f"argument --out: cannot write to {target}: " in capsys.readouterr().err

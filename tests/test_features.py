@@ -205,3 +205,46 @@ def test_failures_name_the_file_and_keep_the_rest(clips, tmp_path, workers):
   res = cache.extract(clips, workers=workers, progress=False, on_error="skip")
   assert res.entries[3] is None and res.failed[0][0].endswith("c3.wav")
   assert (res.computed, res.reused) == (0, 5)
+
+
+# -- integrity: damaged entries and statistics are never served -------------------
+
+
+def test_same_size_garbage_entry_is_never_served(clips, tmp_path):
+  cache = cache_lib.FeatureCache(SMALL, tmp_path / "cache")
+  cache.extract(clips, workers=1, progress=False)
+  good = cache.load(clips[0])
+  entry = cache.entry(clips[0])
+  raw = bytearray(entry.read_bytes())
+  header = raw.index(b"\n") + 1  # the .npy header ends with a newline
+  nan = np.full(good.size, np.nan, np.float32).tobytes()
+  raw[header:header + len(nan)] = nan  # same size, intact header, NaN data
+  entry.write_bytes(bytes(raw))
+  assert np.isnan(np.load(entry)).all()  # what a plain reader would have served
+  with pytest.raises(cache_lib.CorruptEntryError, match="checksum mismatch"):
+    cache.load(clips[0])
+  # A cheap check (header + size) cannot see it; verify=True reads and recomputes.
+  assert cache.extract(clips, workers=1, progress=False).reused == 6
+  res = cache.extract(clips, workers=1, progress=False, verify=True)
+  assert (res.computed, res.reused) == (1, 5)
+  np.testing.assert_array_equal(cache.load(clips[0]), good)
+
+
+def test_entries_stay_plain_npy_files(clips, tmp_path):
+  cache = cache_lib.FeatureCache(SMALL, tmp_path / "cache")
+  cache.extract(clips[:1], workers=1, progress=False)
+  np.testing.assert_array_equal(np.load(cache.entry(clips[0])), cache.load(clips[0]))
+  entry = cache.entry(clips[0])
+  entry.write_bytes(entry.read_bytes()[:-12])  # an entry without its checksum trailer
+  with pytest.raises(cache_lib.CorruptEntryError, match="no checksum trailer"):
+    cache.load(clips[0])
+
+
+@pytest.mark.parametrize("damage", [b"x" * 300, b""])
+def test_damaged_statistics_file_names_itself(tmp_path, damage):
+  path = tmp_path / "s.npz"
+  F.norm_stats([np.ones((4, 3, 2))]).save(path)
+  size = path.stat().st_size
+  path.write_bytes((damage * (size // max(len(damage), 1) + 1))[:size] if damage else b"")
+  with pytest.raises(ValueError, match=r"s\.npz: not an intact statistics file"):
+    F.NormStats.load(path)

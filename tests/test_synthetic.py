@@ -28,7 +28,7 @@ def test_dcase2018_layout_and_audio(tmp_path):
   assert set(ds.classes) == set(synthetic.CLASSES)
   assert (ds.audio.sample_rate, ds.audio.channels, ds.audio.duration) == (48000, 2, 0.5)
   assert len(ds.splits["train"]) == 12 and len(ds.splits["evaluate"]) == 12
-  assert {c.path for c in ds.splits["test"]} == {c.path for c in ds.splits["evaluate"]}
+  assert {c.path for c in ds.test_list} == {c.path for c in ds.splits["evaluate"]}
   # Locations (identifiers) never straddle train and evaluate.
   train_ids = {c.identifier for c in ds.splits["train"]}
   assert not train_ids & {c.identifier for c in ds.splits["evaluate"]}

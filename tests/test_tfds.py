@@ -24,6 +24,8 @@ def _build(builder, manual_dir):
 
 
 TF_INSTALLED = importlib.util.find_spec("tensorflow") is not None
+# Short test clips are far from DCASE's documented 10 s (tested in test_data_layout).
+pytestmark = pytest.mark.filterwarnings("ignore::experiments.data.dcase.AudioFormatWarning")
 
 
 @pytest.mark.skipif(TF_INSTALLED, reason="TensorFlow is installed here; the TF-free path "
@@ -141,3 +143,24 @@ def test_bad_input_fails_the_build_with_file_and_line(tmp_path):
                                     cache_dir=tmp_path / "cache", workers=1)
   with pytest.raises(dcase.DataError, match=r"meta\.csv:4: .*audio file not found"):
     _build(builder, manual)
+  # Nothing half-built is left to be read later ("splits is empty").
+  assert not (tmp_path / "tfds").exists()
+
+
+def test_failed_build_keeps_what_was_there(tmp_path):
+  manual = tmp_path / "manual"
+  root = testing.write_dcase2018(manual, clips=6, seconds=0.3)
+  data_dir = tmp_path / "tfds"
+  _build(tfds_builders.Dcase2018(data_dir=data_dir, config="logmel128",
+                                 cache_dir=tmp_path / "cache", workers=1), manual)
+  built = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*"))
+  meta = root / "meta.csv"
+  lines = meta.read_text().splitlines()
+  lines[2] = lines[2].replace("\tshopping_mall\t", "\tshopping-mall\t")  # a bad label
+  meta.write_text("\n".join(lines) + "\n")
+  with pytest.raises(dcase.DataError, match="shopping-mall"):
+    _build(tfds_builders.Dcase2018(data_dir=data_dir, config="cp_resnet",
+                                   cache_dir=tmp_path / "cache", workers=1), manual)
+  assert sorted(p.relative_to(data_dir) for p in data_dir.rglob("*")) == built
+  ro = tfds.builder_from_directory(data_dir / "dcase2018/logmel128/1.0.0")
+  assert ro.info.splits["train"].num_examples == 4

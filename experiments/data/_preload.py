@@ -1,7 +1,10 @@
-"""Imported once by the feature workers' fork server: librosa's slow imports happen here.
+"""The warm-up of feature workers: librosa's slow imports happen here, once per worker.
 
+Imported by each :class:`experiments.data.workers.WorkerPool` process before it
+takes tasks (and by the fork server of :func:`experiments.data.workers.mp_context`).
 librosa loads its submodules lazily; touching the functions the features use
-pulls in scipy.signal, soxr and the filter code, so forked workers start warm.
+pulls in scipy.signal, soxr and the filter code, so the first task does not pay
+for them.
 """
 
 import librosa

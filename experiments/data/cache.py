@@ -2,26 +2,42 @@
 
 Layout::
 
-  cache_dir/<config fingerprint[:16]>/config.json     the FeatureConfig, for humans
-  cache_dir/<config fingerprint[:16]>/<source key>.npy one array per audio file
+  cache_dir/<config fingerprint[:16]>-c2/config.json     the FeatureConfig, for humans
+  cache_dir/<config fingerprint[:16]>-c2/<source key>.npy one array per audio file
 
 Keys. The directory is the hash of every feature parameter (plus the code and
-librosa versions, see :meth:`FeatureConfig.fingerprint`), so a changed parameter
-lands in a different directory and can never pick up stale features. The entry
-name hashes the source file's resolved path, size and modification time
-(``key="stat"``, the default): one ``stat`` per file, so checking 10,000 cached
-clips costs milliseconds, whereas a content hash reads every byte of audio
-(tens of GB for DCASE) on every run, about as much I/O as decoding it. Editing,
-replacing or re-copying a file changes size or mtime and so the key. Its blind
-spot is an in-place rewrite that keeps both size and mtime (rare; tools bump
-mtime); ``key="content"`` (BLAKE2 of the bytes) covers that, and also survives
-moving the data root, at the price of reading every file.
+librosa versions, see :meth:`FeatureConfig.fingerprint`) and the entry format,
+so a changed parameter lands in a different directory and can never pick up
+stale features. The entry name hashes the source file's resolved path, size and
+modification time (``key="stat"``, the default): one ``stat`` per file, so
+checking 10,000 cached clips costs milliseconds, whereas a content hash reads
+every byte of audio (tens of GB for DCASE) on every run, about as much I/O as
+decoding it. Editing, replacing or re-copying a file changes size or mtime and so
+the key. Its blind spot is an in-place rewrite that keeps both size and mtime
+(rare; tools bump mtime); ``key="content"`` (BLAKE2 of the bytes) covers that,
+and also survives moving the data root, at the price of reading every file.
+
+Integrity. An entry is a standard ``.npy`` file followed by a 12-byte trailer
+holding the CRC-32 of everything before it (``np.load`` still reads entries; it
+ignores trailing bytes). Every read through this module checks it
+(:func:`read_entry`; ~0.15 ms per 10 s clip, about the cost of the read itself),
+so damage from outside (a disk fault, a same-size overwrite, a bad copy of the
+cache) is never served as features: readers that know the source file
+recompute the entry, others raise :class:`CorruptEntryError`. At extraction time
+only the header and size are checked (reading every entry on every run would
+cost as much I/O as the features themselves); ``extract(verify=True)`` reads
+them all.
 
 Crash safety. Each entry is written to a temporary file in the same directory,
 flushed and fsynced, then ``os.replace``-d into place (atomic on POSIX), so an
 entry either exists complete or not at all. An interrupted extraction leaves
 finished entries behind and the next call computes only the rest; stray
 temporary files of dead processes are removed.
+
+Parallelism. Extraction runs in :class:`experiments.data.workers.WorkerPool`
+processes: fresh interpreters that need no ``if __name__ == "__main__":`` guard
+in the calling script and die with the process that started them, even on
+SIGKILL (see that module for how and why).
 """
 
 from __future__ import annotations
@@ -29,27 +45,42 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
-import multiprocessing
 import os
+import struct
 import time
 import uuid
+import warnings
+import zlib
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 
 from experiments.data import features as features_lib
+from experiments.data import workers as workers_lib
 
-__all__ = ["ExtractionResult", "FeatureCache", "default_cache_dir", "source_key"]
+__all__ = [
+    "CorruptEntryError",
+    "ExtractionError",
+    "ExtractionResult",
+    "FeatureCache",
+    "default_cache_dir",
+    "read_entry",
+    "source_key",
+    "write_entry",
+]
 
 _TMP_MARK = ".tmp-"
-# Below this much estimated work per worker, spawning one costs more than it saves.
+# Below this much estimated work per worker, starting one costs more than it saves
+# (a pool starts in about one librosa import: 1-2 s).
 _MIN_WORK_PER_WORKER_S = 3.0
+# Entry format: 2 = .npy + CRC-32 trailer. Part of the directory name, so entries
+# of another format are never read.
+_ENTRY_FORMAT = 2
+_TRAILER = struct.Struct("<8sI")
+_TRAILER_MAGIC = b"HSPG-CRC"
 
 
 def default_cache_dir() -> Path:
@@ -74,17 +105,105 @@ def source_key(path, key: str = "stat") -> str:
   raise ValueError(f"key must be 'stat' or 'content', got {key!r}")
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
+# -- entries: .npy + CRC-32 trailer ---------------------------------------------
+
+
+class CorruptEntryError(ValueError):
+  """A cache entry failed its integrity check (it is never returned as features)."""
+
+  def __init__(self, entry, reason: str):
+    self.entry = Path(entry)
+    self.reason = reason
+    super().__init__(f"{entry}: corrupt feature cache entry ({reason}); it is recomputed on "
+                     "the next extraction, or delete it")
+
+
+def _atomic_write(path: Path, chunks: Sequence[bytes]) -> None:
   tmp = path.with_name(f"{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
   try:
     with open(tmp, "wb") as f:
-      np.save(f, array, allow_pickle=False)
+      for chunk in chunks:
+        f.write(chunk)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
     tmp.unlink(missing_ok=True)
     raise
+
+
+def write_entry(path, array: np.ndarray) -> None:
+  """Writes ``array`` as an entry (``.npy`` + CRC trailer), atomically."""
+  buf = io.BytesIO()
+  np.save(buf, np.asarray(array), allow_pickle=False)
+  body = buf.getbuffer()
+  _atomic_write(Path(path), [body, _TRAILER.pack(_TRAILER_MAGIC, zlib.crc32(body))])
+
+
+def _npy_header(head: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+  """(shape, fortran order, dtype, data offset) of an ``.npy`` file's first bytes."""
+  fmt = np.lib.format
+  f = io.BytesIO(head)
+  version = fmt.read_magic(f)
+  read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+  shape, fortran, dtype = read(f)
+  return shape, fortran, np.dtype(dtype), f.tell()
+
+
+def _header_end(head: bytes) -> int:
+  """Offset of the data in an ``.npy`` file, from its first 12 bytes."""
+  if len(head) < 12 or not head.startswith(b"\x93NUMPY"):
+    raise ValueError("not an .npy file")
+  if head[6] == 1:
+    return struct.unpack("<H", head[8:10])[0] + 10
+  return struct.unpack("<I", head[8:12])[0] + 12
+
+
+def read_entry(path) -> np.ndarray:
+  """The array of a cache entry, after checking its CRC-32 trailer.
+
+  Raises:
+    CorruptEntryError: the file is truncated, lacks the trailer, fails the
+      checksum or does not hold a plain numeric array.
+  """
+  path = Path(path)
+  with open(path, "rb") as f:
+    size = os.fstat(f.fileno()).st_size
+    buf = bytearray(size)  # writable, so the array is too
+    got = f.readinto(buf)
+  if got != size or size < _TRAILER.size:
+    raise CorruptEntryError(path, "truncated")
+  magic, crc = _TRAILER.unpack_from(buf, size - _TRAILER.size)
+  body = memoryview(buf)[: size - _TRAILER.size]
+  if magic != _TRAILER_MAGIC:
+    raise CorruptEntryError(path, "no checksum trailer")
+  if zlib.crc32(body) != crc:
+    raise CorruptEntryError(path, "checksum mismatch: the file changed after it was written")
+  try:
+    end = _header_end(bytes(body[:12]))
+    shape, fortran, dtype, offset = _npy_header(bytes(body[:min(end, len(body))]))
+  except (ValueError, SyntaxError, EOFError) as e:
+    raise CorruptEntryError(path, f"unreadable header: {e}") from e
+  count = int(np.prod(shape))
+  if dtype.hasobject or offset + count * dtype.itemsize != len(body):
+    raise CorruptEntryError(path, "size does not match the header")
+  array = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
+  return array.reshape(shape, order="F" if fortran else "C")
+
+
+def _entry_looks_whole(entry: Path) -> bool:
+  """Header, trailer and size agree (a cheap check: no data read)."""
+  try:
+    with open(entry, "rb") as f:
+      size = os.fstat(f.fileno()).st_size
+      head = f.read(12)
+      shape, _, dtype, offset = _npy_header(head + f.read(max(0, _header_end(head) - 12)))
+      f.seek(size - _TRAILER.size)
+      magic, _ = _TRAILER.unpack(f.read(_TRAILER.size))
+    expected = offset + int(np.prod(shape)) * dtype.itemsize + _TRAILER.size
+    return magic == _TRAILER_MAGIC and size == expected
+  except (OSError, ValueError, SyntaxError, EOFError, struct.error):
+    return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -95,6 +214,9 @@ def _pid_alive(pid: int) -> bool:
   except PermissionError:
     return True
   return True
+
+
+# -- the cache --------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -118,7 +240,19 @@ class ExtractionResult:
   workers: int = 1
 
 
-_THREAD_LIMIT = None
+class ExtractionError(RuntimeError):
+  """Features of some files could not be computed (the others are cached).
+
+  Attributes:
+    failed: ``(path, message)`` per failing file.
+  """
+
+  def __init__(self, failed: Sequence[tuple[str, str]]):
+    self.failed = list(failed)
+    lines = "\n  ".join(f"{f}: {m}" for f, m in self.failed[:25])
+    more = f"\n  ... and {len(self.failed) - 25} more" if len(self.failed) > 25 else ""
+    super().__init__(f"feature extraction failed for {len(self.failed)} file(s) "
+                     f"(the others are cached):\n  {lines}{more}")
 
 
 def _one_blas_thread():
@@ -127,7 +261,8 @@ def _one_blas_thread():
   The only BLAS call per clip is the small mel projection. Measured on a busy
   2-core machine: 0.11 s per 10 s clip with OpenBLAS's default 2 threads (they
   spin waiting for a core), 0.043 s with one; and N workers times N threads
-  oversubscribe any machine.
+  oversubscribe any machine. (Worker processes get the same cap through
+  ``OPENBLAS_NUM_THREADS=1`` and friends.)
   """
   try:
     import threadpoolctl  # pylint: disable=g-import-not-at-top
@@ -136,20 +271,11 @@ def _one_blas_thread():
   return threadpoolctl.threadpool_limits(1)
 
 
-def _init_worker() -> None:
-  """Per-process set-up: one BLAS thread, and librosa imported once up front."""
-  global _THREAD_LIMIT
-  import librosa  # noqa: F401  # pylint: disable=g-import-not-at-top,unused-import
-
-  # After the imports: threadpoolctl only sees libraries already loaded.
-  _THREAD_LIMIT = _one_blas_thread()  # kept referenced: the limit lasts with the object
-
-
 def _compute_entry(src: str, entry: str, config_dict: dict) -> tuple[str, str | None]:
-  """Worker body: features of ``src`` written atomically to ``entry``."""
+  """Task body: features of ``src`` written atomically to ``entry``."""
   try:
     config = features_lib.FeatureConfig.from_dict(config_dict)
-    _atomic_save(Path(entry), features_lib.extract(src, config))
+    write_entry(entry, features_lib.extract(src, config))
     return src, None
   except Exception as e:  # pylint: disable=broad-except  # reported per file to the caller
     return src, f"{type(e).__name__}: {e}"
@@ -162,7 +288,7 @@ class FeatureCache:
 
     cache = FeatureCache(FeatureConfig(), "/tmp/features")
     result = cache.extract(files)          # parallel, resumable, progress bar
-    x = cache.load(files[0])               # (256, frames, 2) float32
+    x = cache.load(files[0])               # (256, frames, 2) float32, checksum verified
   """
 
   def __init__(self, config: features_lib.FeatureConfig = features_lib.CP_RESNET,
@@ -171,15 +297,14 @@ class FeatureCache:
       raise ValueError(f"key must be 'stat' or 'content', got {key!r}")
     self.config = config
     self.key = key
-    self.dir = Path(cache_dir or default_cache_dir()).expanduser() / config.fingerprint()[:16]
+    base = Path(cache_dir or default_cache_dir()).expanduser()
+    self.dir = base / f"{config.fingerprint()[:16]}-c{_ENTRY_FORMAT}"
     self.dir.mkdir(parents=True, exist_ok=True)
     meta = self.dir / "config.json"
     if not meta.exists():
       payload = {"config": config.to_dict(), "fingerprint": config.fingerprint(),
-                 "version": features_lib.FEATURE_VERSION}
-      tmp = meta.with_name(f"config.json{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-      tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
-      os.replace(tmp, meta)
+                 "version": features_lib.FEATURE_VERSION, "entry_format": _ENTRY_FORMAT}
+      _atomic_write(meta, [json.dumps(payload, indent=1, sort_keys=True).encode()])
 
   def entry(self, path) -> Path:
     """Where the features of ``path`` are (or will be) stored."""
@@ -188,11 +313,33 @@ class FeatureCache:
   def has(self, path) -> bool:
     return self.entry(path).is_file()
 
-  def load(self, path_or_entry, mmap: bool = False) -> np.ndarray:
-    """Features of an audio file (or of a cache entry path). Must be cached."""
+  def _entry_of(self, path_or_entry) -> Path:
     p = Path(path_or_entry)
-    entry = p if p.suffix == ".npy" and p.parent == self.dir else self.entry(p)
-    return np.load(entry, mmap_mode="r" if mmap else None, allow_pickle=False)
+    return p if p.suffix == ".npy" and p.parent == self.dir else self.entry(p)
+
+  def load(self, path_or_entry, mmap: bool = False) -> np.ndarray:
+    """Features of an audio file (or of a cache entry path). Must be cached.
+
+    Args:
+      path_or_entry: An audio path, or an entry of this cache.
+      mmap: Memory-map instead of reading; the checksum is then not checked
+        (checking reads the whole file, which is what mapping avoids).
+
+    Raises:
+      CorruptEntryError: the entry fails its checksum.
+    """
+    entry = self._entry_of(path_or_entry)
+    if mmap:
+      return np.load(entry, mmap_mode="r", allow_pickle=False)
+    return read_entry(entry)
+
+  def heal(self, entry, source) -> np.ndarray:
+    """Recomputes a damaged ``entry`` from its audio ``source``; returns the features."""
+    x = features_lib.extract(source, self.config)
+    write_entry(entry, x)
+    warnings.warn(f"{entry}: corrupt feature cache entry of {source}; recomputed",
+                  RuntimeWarning, stacklevel=2)
+    return x
 
   def clean_temporaries(self) -> int:
     """Removes temporary files left by dead writers; returns how many."""
@@ -207,25 +354,19 @@ class FeatureCache:
         removed += 1
     return removed
 
-  def _valid(self, entry: Path) -> bool:
-    """An entry whose header parses and whose size matches it.
-
-    Atomic writes already rule out half-written entries; this also catches
-    damage from outside (a disk fault, a truncated copy of the cache).
-    """
-    fmt = np.lib.format
+  def _valid(self, entry: Path, verify: bool) -> bool:
+    """Whether an entry can be reused: whole (cheap), or checksum-verified."""
+    if not verify:
+      return _entry_looks_whole(entry)
     try:
-      with open(entry, "rb") as f:
-        version = fmt.read_magic(f)
-        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, _, dtype = read(f)
-        expected = f.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize
-      return entry.stat().st_size == expected
-    except (OSError, ValueError, EOFError):
+      read_entry(entry)
+      return True
+    except (OSError, CorruptEntryError):
       return False
 
   def extract(self, files: Sequence, *, workers: int | None = None, progress: bool = True,
-              on_error: str = "raise", desc: str = "features") -> ExtractionResult:
+              on_error: str = "raise", desc: str = "features",
+              verify: bool = False) -> ExtractionResult:
     """Computes the features of every file not yet cached.
 
     Args:
@@ -234,9 +375,12 @@ class FeatureCache:
         have a few seconds of work each (measured on two clips first; small jobs
         run here, without a pool). An integer forces that many; 1 runs here.
       progress: Show a tqdm progress bar.
-      on_error: ``"raise"`` raises after the run (finished entries are kept) with
-        every failing file named; ``"skip"`` returns them in ``failed``.
+      on_error: ``"raise"`` raises :class:`ExtractionError` after the run
+        (finished entries are kept) with every failing file named; ``"skip"``
+        returns them in ``failed``.
       desc: Progress bar label.
+      verify: Read every existing entry and check its checksum (default: check
+        header and size only; reads check the checksum anyway).
 
     Returns:
       An :class:`ExtractionResult`.
@@ -245,6 +389,8 @@ class FeatureCache:
 
     if on_error not in ("raise", "skip"):
       raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if workers is not None and workers < 1:
+      raise ValueError(f"workers must be at least 1 (or None for all cores), got {workers}")
     start = time.perf_counter()
     self.clean_temporaries()
     files = [str(f) for f in files]
@@ -257,7 +403,7 @@ class FeatureCache:
         todo.append((f, None, f"{type(err).__name__}: {err}"))
         continue
       entries.append(e)
-      if not self._valid(e):
+      if not self._valid(e, verify):
         todo.append((f, e, None))
     missing = [(f, str(e)) for f, e, err in todo if err is None]
     failed = [(f, err) for f, e, err in todo if err is not None]
@@ -278,7 +424,7 @@ class FeatureCache:
     try:
       rest = unique
       if workers is None:
-        # Spawning a worker costs a second or two (a fresh interpreter importing
+        # Starting a worker costs a second or two (a fresh interpreter importing
         # librosa), so a pool only pays when every worker gets several seconds of
         # work. Time two clips here (the first one also warms up librosa).
         workers = _available_cores()
@@ -293,72 +439,23 @@ class FeatureCache:
       if workers == 1:
         run_here(rest)
       else:
-        compute_failed += self._extract_parallel(rest, workers, config_dict, bar)
+        with workers_lib.WorkerPool(workers) as pool:
+          for (src, _, _), ok, value in pool.imap_unordered(
+              _compute_entry, ((f, e, config_dict) for f, e in rest)):
+            msg = value[1] if ok else value
+            if msg:
+              compute_failed.append((src, msg))
+            bar.update()
     finally:
       bar.close()
     failed += compute_failed
     bad = {f for f, _ in failed}
     entries = [None if (f in bad) else e for f, e in zip(files, entries)]
     if failed and on_error == "raise":
-      lines = "\n  ".join(f"{f}: {m}" for f, m in failed[:25])
-      raise RuntimeError(f"feature extraction failed for {len(failed)} file(s) "
-                         f"(the others are cached):\n  {lines}")
+      raise ExtractionError(failed)
     return ExtractionResult(entries=entries, computed=len(unique) - len(compute_failed),
                             reused=reused, failed=failed, seconds=time.perf_counter() - start,
                             workers=workers)
-
-  def _extract_parallel(self, unique, workers, config_dict, bar) -> list[tuple[str, str]]:
-    ctx = _mp_context()
-    failed = []
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker)
-    try:
-      # A bounded window of in-flight tasks keeps memory flat for huge lists and
-      # lets an interrupt stop quickly.
-      pending, it = set(), iter(unique)
-      for f, e in it:
-        pending.add(pool.submit(_compute_entry, f, e, config_dict))
-        if len(pending) >= 4 * workers:
-          break
-      while pending:
-        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        for fut in done:
-          src, msg = fut.result()
-          if msg:
-            failed.append((src, msg))
-          bar.update()
-          nxt = next(it, None)
-          if nxt is not None:
-            pending.add(pool.submit(_compute_entry, nxt[0], nxt[1], config_dict))
-    except BrokenProcessPool as e:
-      pool.shutdown(wait=False, cancel_futures=True)
-      raise RuntimeError(
-          "feature worker processes died (finished entries are kept; rerun to resume). "
-          "Usual causes: a script without an `if __name__ == '__main__':` guard "
-          "(workers re-import the main module), or running out of memory (try fewer "
-          "workers, or workers=1).") from e
-    except BaseException:
-      pool.shutdown(wait=False, cancel_futures=True)
-      raise
-    pool.shutdown(wait=True)
-    return failed
-
-
-def _mp_context():
-  """forkserver where available, else spawn; never a plain fork.
-
-  A plain fork would copy a parent that may run JAX's threads (deadlock-prone).
-  The fork server is a fresh single-threaded interpreter that imports librosa
-  once (``_preload``); workers fork from it already warm, so a pool starts in a
-  fraction of a second instead of paying the imports per worker, and later pools
-  reuse the server. As with spawn, each worker re-imports the main module, so
-  a script that extracts in parallel needs the ``if __name__ == "__main__":``
-  guard (the CLI has it; notebooks and pytest need nothing).
-  """
-  if "forkserver" in multiprocessing.get_all_start_methods():
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["experiments.data._preload"])
-    return ctx
-  return multiprocessing.get_context("spawn")
 
 
 def _available_cores() -> int:
@@ -366,3 +463,7 @@ def _available_cores() -> int:
     return len(os.sched_getaffinity(0))
   except AttributeError:
     return os.cpu_count() or 1
+
+
+# The synthetic set's generator starts its ProcessPoolExecutor with this.
+_mp_context = workers_lib.mp_context

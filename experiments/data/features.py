@@ -216,8 +216,30 @@ class NormStats:
 
   @classmethod
   def load(cls, path) -> NormStats:
-    with np.load(path) as z:
-      return cls(mean=z["mean"], std=z["std"], count=int(z["count"]))
+    """Reads statistics written by :meth:`save`.
+
+    Raises:
+      ValueError: naming ``path`` when the file is not intact statistics
+        (unreadable, damaged, wrong shapes, non-finite or non-positive values).
+    """
+    import zipfile  # pylint: disable=g-import-not-at-top
+
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        mean, std, count = z["mean"], z["std"], int(z["count"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, AttributeError,
+            TypeError) as e:
+      # np.load's own message for a damaged file ("pickled data") misleads.
+      raise ValueError(f"{path}: not an intact statistics file ({type(e).__name__}: {e})") from e
+    if (mean.ndim != 3 or mean.shape[1:] != (1, 1) or std.shape != mean.shape
+        or mean.dtype != np.float32 or std.dtype != np.float32):
+      raise ValueError(f"{path}: not an intact statistics file (mean {mean.shape} "
+                       f"{mean.dtype}, std {std.shape} {std.dtype})")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()
+            and count > 0):
+      raise ValueError(f"{path}: not an intact statistics file (non-finite values, "
+                       "std <= 0 or count <= 0)")
+    return cls(mean=mean, std=std, count=count)
 
 
 def norm_stats(features: Iterable[np.ndarray]) -> NormStats:

@@ -75,14 +75,22 @@ def write_dcase2018(root, *, clips: int = 10, evaluate_every: int = 3, seconds: 
   """A TUT Urban Acoustic Scenes 2018 look-alike (16-bit stereo, ``meta.csv``).
 
   Every ``evaluate_every``-th clip goes to ``fold1_evaluate.txt`` (path, label)
-  and ``fold1_test.txt`` (path only); the rest to ``fold1_train.txt``.
+  and ``fold1_test.txt`` (path only); the rest to ``fold1_train.txt``. Training
+  clips come in pairs from one recording location (identifier ``city-N``); each
+  evaluate clip has a location of its own (``city-eI``), so no location straddles
+  the split, as in the real set.
   """
   root = Path(root)
   classes = list(classes or dcase.KNOWN_CLASSES["dcase2018"])
   labels = _labels(classes, clips)
   rows = []
+  trained = 0
   for i, label in enumerate(labels):
-    ident = f"city-{i // 2}"
+    if i % evaluate_every == evaluate_every - 1:
+      ident = f"city-e{i}"
+    else:
+      ident = f"city-{trained // 2}"
+      trained += 1
     rel = f"audio/{label}-{ident}-{i}-a.wav"
     rows.append((rel, label, ident))
     if audio:

@@ -15,9 +15,10 @@ raw DCASE audio stays where the user keeps it.
 
 Splits:
 
-* ``dcase2018``: ``train`` and ``evaluate`` of fold 1 (``fold1_test.txt`` lists the
-  evaluate clips again without labels; a ``test`` split is written only when it
-  names other clips).
+* ``dcase2018``: ``train`` and ``evaluate`` of fold 1. ``evaluate`` is the
+  validation fold. ``fold1_test.txt`` lists the evaluate clips again without
+  labels, so it is not stored; a ``test`` split is written only when the test
+  list names clips of its own (never train clips: that is an error).
 * ``dcase2017``: ``fold{k}_evaluate`` for k = 1..4. In TUT 2017 the four evaluate
   lists partition the development set and ``fold{k}_train`` is the rest, so the
   train split of fold k is the split expression
@@ -28,6 +29,9 @@ Splits:
 
 Per-fold normalisation statistics of the training split are stored in the data
 set's metadata (``metadata.json``), so readers need neither the cache nor librosa.
+
+A build that fails (bad input, an interrupt) removes what it created under the
+data directory, so no half-built data set is left to be found later.
 
 Build (``python -m experiments.data.cli tfds-build`` wraps this)::
 
@@ -45,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import shutil
 import warnings
 from pathlib import Path
 
@@ -55,6 +60,7 @@ from etils import epath
 from experiments.data import cache as cache_lib
 from experiments.data import dcase
 from experiments.data import features as features_lib
+from experiments.data import pipeline
 
 __all__ = ["Dcase2017", "Dcase2018", "DcaseConfig", "builder_for_root", "find_roots",
            "resolve_split"]
@@ -154,10 +160,33 @@ class _DcaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       file_format: Defaults to ``array_record`` (random access, no TF).
       **kwargs: ``data_dir``, ``config``, ``version``.
     """
+    if on_error not in ("raise", "skip"):
+      raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     self._cache_dir = cache_dir
     self._workers = workers
     self._on_error = on_error
+    self._cache = None
     super().__init__(file_format=file_format, **kwargs)
+
+  def download_and_prepare(self, *args, **kwargs):
+    """Builds the data set; a failed build leaves nothing behind under ``data_dir``.
+
+    TFDS writes into a temporary folder and renames it when done, but creates the
+    data set's and config's folders, ``.config/metadata.json`` and
+    ``downloads/`` first; left behind they make a later read fail with "splits
+    is empty" instead of "not built".
+    """
+    # data_dir = <root>/<name>/<config>/<version>. Only this data set's folder and
+    # TFDS's downloads/ are looked at (the root may hold many other data sets),
+    # unless the root itself is new.
+    root = Path(self.data_dir).parents[2]
+    tops = [root] if not root.exists() else [Path(self.data_dir).parents[1], root / "downloads"]
+    before = {p for top in tops if top.exists() for p in [top, *top.rglob("*")]}
+    try:
+      return super().download_and_prepare(*args, **kwargs)
+    except BaseException:
+      _remove_new(tops, before)
+      raise
 
   @property
   def _classes(self) -> tuple[str, ...]:
@@ -195,17 +224,23 @@ class _DcaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return ds
 
   def _extract(self, clips: list[dcase.Clip]) -> dict[str, Path]:
-    cache = cache_lib.FeatureCache(self.builder_config.features, self._cache_dir)
+    self._cache = cache_lib.FeatureCache(self.builder_config.features, self._cache_dir)
     files = [c.file for c in clips]
-    result = cache.extract(files, workers=self._workers, on_error=self._on_error,
-                           desc=f"{self.name} features")
+    result = self._cache.extract(files, workers=self._workers, on_error="skip",
+                                 desc=f"{self.name} features")
     if result.failed:
-      warnings.warn(f"{self.name}: left out {len(result.failed)} clip(s) whose features failed "
-            "(on_error='skip'):\n  " + "\n  ".join(f"{f}: {m}" for f, m in result.failed))
+      pipeline.report_failed_features(clips, result.failed, self._on_error, self.name,
+                                      stacklevel=3)
     return {str(f): e for f, e in zip(files, result.entries) if e is not None}
 
+  def _features(self, clip: dcase.Clip, entry: Path) -> np.ndarray:
+    try:
+      return cache_lib.read_entry(entry)
+    except cache_lib.CorruptEntryError:
+      return self._cache.heal(entry, clip.file)
+
   def _norm(self, clips: list[dcase.Clip], entries: dict[str, Path]) -> dict:
-    stats = features_lib.norm_stats(np.load(entries[str(c.file)]) for c in clips
+    stats = features_lib.norm_stats(self._features(c, entries[str(c.file)]) for c in clips
                                     if str(c.file) in entries)
     return {"mean": stats.mean.ravel().tolist(), "std": stats.std.ravel().tolist(),
             "count": stats.count}
@@ -216,7 +251,7 @@ class _DcaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if entry is None:
         continue
       yield clip.path, {
-          "features": np.load(entry),
+          "features": self._features(clip, entry),
           "label": clip.label,
           "filename": clip.path,
           "identifier": clip.identifier or "",
@@ -250,15 +285,17 @@ class Dcase2018(_DcaseBuilder):
           str(dl_manager.manual_dir), None, "expected one development set (with "
           f"evaluation_setup/fold1_train.txt), found {[str(r) for r in roots]}"))
     ds = self._load(roots[0], fold=1)
-    entries = self._extract(list(ds.clips.values()))
+    listed = ds.splits["train"] + ds.splits["evaluate"] + (ds.test_list or [])
+    entries = self._extract(list({c.path: c for c in listed}.values()))
     self.info.metadata["folds"] = {"fold1": {"train": "train", "evaluate": "evaluate"}}
     self.info.metadata["norm"] = {"fold1": self._norm(ds.splits["train"], entries)}
     self.info.metadata["root"] = str(ds.root)
     splits = {"train": self._generate_examples(ds.splits["train"], entries),
               "evaluate": self._generate_examples(ds.splits["evaluate"], entries)}
-    test = ds.splits.get("test")
-    if test and {c.path for c in test} != {c.path for c in ds.splits["evaluate"]}:
-      splits["test"] = self._generate_examples(test, entries)
+    # The fold's test list repeats the evaluate clips without labels: stored only
+    # when it names clips of its own.
+    if ds.test_list and not ds.test_list_is_evaluate:
+      splits["test"] = self._generate_examples(ds.test_list, entries)
     return splits
 
 
@@ -287,11 +324,16 @@ class Dcase2017(_DcaseBuilder):
     all_clips = {}
     for ds in loaded.values():
       all_clips.update({c.path: c for split in ds.splits.values() for c in split})
-    evaluation = None
+    evaluation = eval_split = None
     if evals:
       evaluation = self._load(evals[0], fold=None)
-      eval_split = evaluation.splits.get("evaluate") or evaluation.splits.get("test")
-    clips = list(all_clips.values()) + (eval_split if evaluation else [])
+      # Its labelled list, else its test list (labelled through its meta file).
+      eval_split = evaluation.splits.get("evaluate") or evaluation.test_list
+      if not eval_split:
+        raise dcase.DataError(dcase.Problem(str(evaluation.root / "evaluation_setup"), None,
+                                            "evaluation set without evaluate.txt or test.txt "
+                                            "entries"))
+    clips = list(all_clips.values()) + (eval_split or [])
     entries = self._extract(clips)
 
     # Stored once per clip when the evaluate lists partition the development set.
@@ -310,7 +352,7 @@ class Dcase2017(_DcaseBuilder):
         splits[train_expr] = self._generate_examples(ds.splits["train"], entries)
       plan[f"fold{k}"] = {"train": train_expr, "evaluate": f"fold{k}_evaluate"}
       norm[f"fold{k}"] = self._norm(ds.splits["train"], entries)
-    if evaluation:
+    if eval_split:
       splits["evaluation"] = self._generate_examples(eval_split, entries)
     self.info.metadata["folds"] = plan
     self.info.metadata["norm"] = norm
@@ -335,10 +377,30 @@ def builder_for_root(root, *, data_dir=None, features=features_lib.CP_RESNET,
     **kwargs: Builder options (``cache_dir``, ``workers``, ``on_error``).
   """
   layout = dcase.detect_layout(root)
-  ds = dcase.load(root, layout=layout, classes=classes, check_audio=False, fold=None
-                  if not list((Path(root) / "evaluation_setup").glob("fold1_*")) else 1)
+  fold = 1 if list((Path(root) / "evaluation_setup").glob("fold1_*")) else None
+  with warnings.catch_warnings():
+    # Only the class list is needed here; the build reports skipped clips itself.
+    warnings.simplefilter("ignore", dcase.DataWarning)
+    ds = dcase.load(root, layout=layout, classes=classes, check_audio=False, fold=fold,
+                    on_error=kwargs.get("on_error", "raise"))
   digest = hashlib.sha256(repr((ds.classes, features.fingerprint())).encode()).hexdigest()[:10]
   config = DcaseConfig(name=f"custom_{digest}", features=features, classes=ds.classes,
                        description=f"{Path(root).name}: {len(ds.classes)} classes")
   cls = Dcase2017 if layout == "dcase2017" else Dcase2018
   return cls(data_dir=data_dir, config=config, **kwargs)
+
+
+def _remove_new(tops: list[Path], before: set[Path]) -> None:
+  """Removes what appeared under ``tops`` since ``before`` was taken."""
+  for top in tops:
+    if top not in before:
+      shutil.rmtree(top, ignore_errors=True)
+      continue
+    if not top.exists():
+      continue
+    for p in sorted(top.rglob("*"), key=lambda q: len(q.parts)):
+      if p not in before and p.exists():
+        if p.is_dir() and not p.is_symlink():
+          shutil.rmtree(p, ignore_errors=True)
+        else:
+          p.unlink(missing_ok=True)
