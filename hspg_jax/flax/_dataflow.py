@@ -43,6 +43,7 @@ import dataclasses
 import operator
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 from hspg_jax.flax._structure import _WINDOW
@@ -133,6 +134,8 @@ class Analysis(StructureOps):
     self.ties: dict[tuple[int, int, int], list] = {}
     self.equal_blocks: list[tuple[int, int]] = []  # (cid, G): a grouped conv's outputs
     self.normalized: dict[int, set[str]] = {}  # cid -> why its statistic was taken
+    # cids reshaped to (..., C, 1): what GroupNorm(group_size=1) does with its num_groups
+    self.unit_split: set[int] = set()
     self._stats: list[tuple[int, str]] = []  # statistics across channels in this equation
 
   # --- channel sets -------------------------------------------------------------------
@@ -239,6 +242,8 @@ class Analysis(StructureOps):
       arr = np.asarray(c)
     except Exception:  # noqa: BLE001 - e.g. a PRNG key array
       return AV(tuple(np.shape(c)))
+    if arr.dtype.kind == "V" and jnp.issubdtype(arr.dtype, jnp.floating):
+      arr = arr.astype(np.float32)  # bfloat16, float8...: NumPy sees raw bytes otherwise
     numeric = bool(arr.size) and arr.dtype.kind in "biufc"
     zero = numeric and not np.any(arr)
     uniform = numeric and bool(np.all(arr == arr.flat[0]))

@@ -23,6 +23,7 @@ class FamilyInfo:
     flat_dependents: ``(leaf, axis, start, length, offset, outer, mid, inner)``:
       as ``dependents``, on the leaf axis viewed as ``(outer, mid, inner)``.
     reasons: why the family is left ungrouped (empty when it is grouped).
+    unit_split: its channels are reshaped to ``(..., C, 1)`` somewhere.
   """
 
   root: int
@@ -33,6 +34,7 @@ class FamilyInfo:
   dependents: tuple[tuple[int, int, int, int, int], ...]
   flat_dependents: tuple[tuple[int, ...], ...]
   reasons: tuple[str, ...]
+  unit_split: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +132,8 @@ def finalize(an: Analysis) -> Result:
       why.append("no nnx.Param among the leaves it would cut")
     out.append(FamilyInfo(root, cids, an.sets[root].length,
                           tuple(an.sets[c].producer for c in cids), members,
-                          tuple(sorted(plain)), tuple(sorted(flat)), tuple(why)))
+                          tuple(sorted(plain)), tuple(sorted(flat)), tuple(why),
+                          any(c in an.unit_split for c in cids)))
   ties = [tuple(None if item is None else (an.find(item[0]), item[1]) for item in items)
           for _, items in sorted(an.ties.items())]
   equal = sorted({(an.find(cid), g) for cid, g in an.equal_blocks})

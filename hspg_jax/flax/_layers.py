@@ -52,6 +52,21 @@ def cut_problem(path: str, module, leaf_name: str, size: int) -> str | None:
   return None
 
 
+def widths_without_arrays(modules: dict[str, nnx.Module]) -> list[tuple[int, str]]:
+  """``(width, reason)`` of layers whose width pruning could not read back from arrays.
+
+  A ``GroupNorm`` with ``group_size=1`` and neither scale nor bias reshapes
+  its input with ``num_groups``, and keeps no array of that width: after
+  pruning its channels, nothing says what ``num_groups`` becomes.
+  """
+  out = []
+  for path, m in modules.items():
+    if (isinstance(m, nnx.GroupNorm) and m.group_size == 1 and _feature_width(m) is None):
+      out.append((m.num_groups, f"{path!r} is a GroupNorm without scale or bias: pruning has "
+                                "no array to read its new num_groups from"))
+  return out
+
+
 def _mentions(v, size: int) -> bool:
   if isinstance(v, bool):
     return False

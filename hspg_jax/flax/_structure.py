@@ -19,7 +19,8 @@ _WINDOW = {"reduce_window_sum": "sum", "reduce_window_max": "max", "reduce_windo
 
 
 class StructureOps:
-  """Structural ops; needs ``drop``, ``pin``, ``shapes``, ``as_segs``, ``elementwise``."""
+  """Structural ops; needs ``drop``, ``pin``, ``shapes``, ``unit_split``, ``as_segs``,
+  ``elementwise``."""
 
 
   def remap(self, av: AV, out_shape, axis_map: dict, name: str, keep_src: bool = True) -> AV:
@@ -62,6 +63,9 @@ class StructureOps:
           if m == n and stride_b[j] == stride_a[i]:
             axis_map[i] = j
     c = av.axis
+    if c in axis_map and len(b) == len(a) + 1 and axis_map[c] + 1 < len(b) and (
+        b[axis_map[c] + 1] == 1 and axis_map[c] + 1 not in axis_map.values()):
+      self.unit_split.update(s.chan[0] for s in av.segs if s.chan is not None)
     if c is not None and c not in axis_map:
       if a[c] == 1:
         # A single channel: put it on the last unit axis between its mapped neighbours

@@ -183,9 +183,10 @@ def analyze_channels(model: nnx.Module, inputs, *, apply_fn=None,
   families, ungrouped, names = [], [], {}
   module = lambda leaf: _trace.module_path(traced.paths[leaf])  # noqa: E731
   modules = _layers.modules_by_path(model, groups_lib.path_str)
+  blind = _layers.widths_without_arrays(modules)
   for info in result.families:
     producers = tuple(dict.fromkeys(module(leaf) for leaf in info.producers))
-    reasons = info.reasons or _rebuild_problems(info, traced, modules)
+    reasons = info.reasons or _rebuild_problems(info, traced, modules, blind)
     if reasons:
       ungrouped.extend((p, "; ".join(reasons)) for p in producers)
       continue
@@ -210,10 +211,10 @@ def analyze_channels(model: nnx.Module, inputs, *, apply_fn=None,
                       traced.shapes, _trace.as_abstract(inputs), apply_fn, ties, equal_blocks)
 
 
-def _rebuild_problems(info, traced, modules) -> tuple[str, ...]:
-  """Reasons pruning could not rebuild a layer whose leaves this family cuts."""
+def _rebuild_problems(info, traced, modules, blind) -> tuple[str, ...]:
+  """Reasons pruning could not rebuild a layer whose leaves this family cuts (or sees)."""
   keys = set(info.members) | {d[:2] for d in info.dependents + info.flat_dependents}
-  out = []
+  out = [why for width, why in blind if info.unit_split and info.size == width]
   for leaf, axis in sorted(keys):
     path = traced.paths[leaf]
     mpath, m = _layers.owner(modules, path)
