@@ -347,13 +347,16 @@ class Flatten(nnx.Module):
     return self.head(x.reshape(x.shape[0], -1))
 
 
-def test_flatten_falls_back_and_strict_raises():
-  model = abstract(Flatten)
-  graph = hf.analyze_channels(model, X)
-  assert set(families(graph)) == {"conv1"}  # upstream layers are unaffected
-  assert "reshape" in ungrouped(graph)["conv2"]
-  with pytest.raises(ValueError, match=r"reshape.*\[conv2\]"):
-    hf.analyze_channels(model, X, strict=True)
+def test_flatten_into_dense_is_followed():
+  graph = hf.analyze_channels(abstract(Flatten), X)
+  assert families(graph) == {
+      "conv1": (4, ["bn1/bias[0]", "bn1/scale[0]", "conv1/kernel[3]"]),
+      "conv2": (3, ["bn2/bias[0]", "bn2/scale[0]", "conv2/kernel[3]"]),
+  }
+  fam = {f.name: f for f in graph.families}
+  # NHWC flattened: conv2 channel c is dense input p * 3 + c for every position p.
+  assert fam["conv2"].dependents == ()
+  assert fam["conv2"].flat_dependents == (("head/kernel", 0, 0, 3, 0, 16 * 12, 3, 1),)
 
 
 class Depthwise(nnx.Module):
@@ -385,13 +388,26 @@ class LayerNormChannels(nnx.Module):
     return self.head(gap(nnx.relu(self.conv2(nnx.relu(self.ln(self.conv(x)))))))
 
 
+def test_depthwise_filters_join_the_producer_family():
+  graph = hf.analyze_channels(abstract(Depthwise), X)
+  assert families(graph) == {
+      "conv": (6, ["bn/bias[0]", "bn/scale[0]", "conv/kernel[3]", "dw/kernel[3]"]),
+  }
+  assert {f.name: f.dependents for f in graph.families} == {
+      "conv": (("head/kernel", 0, 0, 6, 0),)}
+
+
 @pytest.mark.parametrize("make,match,warns", [
-    (Depthwise, "grouped/depthwise", True),
     (SortChannels, "unsupported op 'sort'", True),
     (LayerNormChannels, "reduces over the channel axis", False),
-], ids=["depthwise", "sort", "layernorm"])
+    (Flatten, None, False),
+], ids=["sort", "layernorm", "flatten"])
 def test_unsupported_ops(make, match, warns):
   model = abstract(make)
+  if match is None:  # followed: strict mode has nothing to object to
+    assert families(hf.analyze_channels(model, X, strict=True)) == families(
+        hf.analyze_channels(model, X))
+    return
   with pytest.warns(UserWarning, match="conservative fallback") if warns else _nothing():
     graph = hf.analyze_channels(model, X)
   assert match in ungrouped(graph)["conv"]

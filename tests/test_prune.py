@@ -19,44 +19,8 @@ import hspg_jax.flax as hf
 import models
 from models import cp_resnet
 from models.testing import materialize
-
-
-def zero_groups(model, graph, frac=None, which=None, seed=0):
-  """Zeroes a fraction (or the listed indices) of every family's groups in place.
-
-  Returns ``{family: bool mask of zeroed groups}``.
-  """
-  params = nnx.state(model, nnx.Param)
-  leaves, treedef = jax.tree_util.tree_flatten(params)
-  rng = np.random.default_rng(seed)
-  masks = {}
-  for fam in graph.structure.families:
-    zero = np.zeros(fam.num_groups, bool)
-    if which is not None:
-      zero[list(which.get(fam.name, ()))] = True
-    else:
-      zero[rng.choice(fam.num_groups, int(round(frac * fam.num_groups)), replace=False)] = True
-    masks[fam.name] = zero
-    for m in fam.members:
-      leaves[m.index] = jnp.where(hspg_jax.groups.expand(jnp.asarray(zero), m), 0.0,
-                                  leaves[m.index])
-  nnx.update(model, jax.tree_util.tree_unflatten(treedef, leaves))
-  return masks
-
-
-@nnx.jit
-def forward(model, x):
-  return model(x)
-
-
-def assert_same_eval_outputs(dense, small, x):
-  dense.eval()
-  small.eval()
-  a, b = forward(dense, x), forward(small, x)
-  assert a.shape == b.shape
-  assert bool(jnp.all(jnp.isfinite(a))) and float(jnp.max(jnp.abs(a))) > 1e-3
-  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
-
+from tests.prune_util import assert_same_eval_outputs
+from tests.prune_util import zero_groups
 
 X = jax.random.normal(jax.random.key(1), (2, 16, 12, 2))
 

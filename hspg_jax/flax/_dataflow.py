@@ -10,8 +10,11 @@ An abstract interpretation of the eval-mode jaxpr. Every value gets at most one
   start)`` (slices of ``nnx.Param`` leaves): the segment's channel ``j`` is zero
   whenever, for some alternative, every atom's slice ``start + j`` is zero. A
   conv output is zero where its filter is; ``a * b`` is zero where either is;
-  ``a + b`` where both are; ``BN(x) = (x - mean) * rsqrt(var + eps) * scale +
-  bias`` is zero where ``scale`` and ``bias`` both are, whatever ``x`` is;
+  ``a + b`` where both are; ``max(a, c)`` where ``a`` is and ``c <= 0``;
+  ``BN(x) = (x - mean) * rsqrt(var + eps) * scale + bias`` is zero where
+  ``scale`` and ``bias`` both are, whatever ``x`` is; a comparison with a
+  constant has a known truth value where its operand is zero, so that
+  ``where(x > 1, 1, x)`` (hard tanh) keeps a zero channel at zero;
 * ``deps``: for per-channel vectors not (yet) tied to a producer (a bias, the
   BN factor ``rsqrt(var + eps) * scale``), the state-leaf slices they are made
   of, all of which must be cut when the channel is removed.
@@ -19,13 +22,17 @@ An abstract interpretation of the eval-mode jaxpr. Every value gets at most one
 When a per-channel vector meets producer channels in an elementwise op, its
 deps are *attached* to the channel set (they become group members); when two
 channel sets meet (a residual add, a product), they are *linked* (one family).
-Where channels reach a *consumer* (a conv / dense contracting them with a
-kernel leaf) a *use* is recorded: the consumer kernel's input slice to cut, and
-the zero condition there. Anything the analysis cannot follow exactly (an
-unknown primitive, a reduction or reshape mixing the channel axis, an
+A depthwise conv keeps its input's channels (its filters join their family);
+a grouped conv records which channels must be removed together so that its
+groups stay aligned. Where channels reach a *consumer* (a conv / dense
+contracting them with a kernel leaf, possibly after a flatten that makes each
+channel a strided set of the dense inputs) a *use* is recorded: the consumer
+kernel's input slice to cut, and the zero condition there. Anything the
+analysis cannot follow exactly (an unknown primitive, a reduction or reshape
+mixing the channel axis, a slice of the channel axis at fixed offsets, an
 elementwise partner that could not be cut, a partial per-channel parameter,
-the model output) *poisons* the channel sets involved (they stay ungrouped) and
-*pins* the state leaves involved (no family may cut them). The result is
+the model output) *poisons* the channel sets involved (they stay ungrouped)
+and *pins* the state leaves involved (no family may cut them). The result is
 conservative: a family is reported only if zeroing its groups provably zeroes
 the channel at every consumer and every leaf it touches can be cut.
 """
@@ -33,105 +40,25 @@ the channel at every consumer and every leaf it touches can be cut.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Sequence
+
+import jax.numpy as jnp
 import numpy as np
 
-Atom = tuple[int, int, int]  # (state leaf index, leaf axis, start along that axis)
-DNF = frozenset  # frozenset[frozenset[Atom]]: alternatives, any one suffices
-NEVER: DNF = frozenset()
-ALWAYS: DNF = frozenset([frozenset()])
-_MAX_ALTERNATIVES = 8
-
-
-def _minimize(d) -> DNF:
-  alts = sorted(set(d), key=len)
-  kept = []
-  for a in alts:
-    if not any(k <= a for k in kept):
-      kept.append(a)
-  # Dropping alternatives only forgets ways to be zero: conservative.
-  return frozenset(kept[:_MAX_ALTERNATIVES])
-
-
-def dnf_or(a: DNF, b: DNF) -> DNF:
-  """Zero if either is zero (a product)."""
-  return _minimize(a | b)
-
-
-def dnf_and(a: DNF, b: DNF) -> DNF:
-  """Zero if both are zero (a sum, a max)."""
-  return _minimize(frozenset(x | y for x in a for y in b))
-
-
-def _shift_atoms(atoms, k):
-  return frozenset((leaf, ax, s + k) for leaf, ax, s in atoms)
-
-
-def _shift_dnf(d: DNF, k: int) -> DNF:
-  return frozenset(_shift_atoms(a, k) for a in d) if k else d
-
-
-@dataclasses.dataclass(frozen=True)
-class Seg:
-  """A run of ``length`` channels along a value's tracked axis."""
-
-  length: int
-  chan: tuple[int, int] | None = None
-  zero: DNF = NEVER
-  deps: frozenset = frozenset()
-  fixed: bool = False  # channels of a value we cannot cut (an untracked activation)
-
-  def sub(self, i: int, n: int) -> Seg:
-    chan = None if self.chan is None else (self.chan[0], self.chan[1] + i)
-    return Seg(n, chan, _shift_dnf(self.zero, i), _shift_atoms(self.deps, i), self.fixed)
-
-
-@dataclasses.dataclass(frozen=True)
-class AV:
-  """Abstract value of one jaxpr variable."""
-
-  shape: tuple[int, ...]
-  axis: int | None = None
-  segs: tuple[Seg, ...] = ()
-  const: frozenset = frozenset()  # axes along which the value is constant
-  src: tuple[int, tuple] | None = None  # a view of state leaf: (leaf, leaf axis per axis)
-  zero: bool = False  # exactly zero everywhere
-  scalar: float | None = None  # value of a rank-0 literal / constant
-
-  def is_const(self, a: int) -> bool:
-    return len(self.shape) == 0 or self.shape[a] == 1 or a in self.const
-
-  @property
-  def has_chan(self) -> bool:
-    return any(s.chan is not None for s in self.segs)
-
-
-def _seg_starts(segs):
-  start = 0
-  for s in segs:
-    yield start, s
-    start += s.length
-
-
-def _take(segs, lo, hi):
-  """Sub-segments covering ``[lo, hi)``."""
-  out = []
-  for start, s in _seg_starts(segs):
-    a, b = max(lo, start), min(hi, start + s.length)
-    if a < b:
-      out.append(s.sub(a - start, b - a))
-  return tuple(out)
-
-
-def _refine(seg_lists):
-  """Cuts every list at the union of boundaries -> [(length, [seg per list])]."""
-  bounds = set()
-  for segs in seg_lists:
-    for start, s in _seg_starts(segs):
-      bounds.update((start, start + s.length))
-  bounds = sorted(bounds)
-  return [(b - a, [_take(segs, a, b)[0] for segs in seg_lists])
-          for a, b in zip(bounds[:-1], bounds[1:])]
+from hspg_jax.flax._structure import _WINDOW
+from hspg_jax.flax._structure import StructureOps
+from hspg_jax.flax._values import ALWAYS
+from hspg_jax.flax._values import AV
+from hspg_jax.flax._values import NEVER
+from hspg_jax.flax._values import Atom
+from hspg_jax.flax._values import Cut
+from hspg_jax.flax._values import Seg
+from hspg_jax.flax._values import dnf_and
+from hspg_jax.flax._values import dnf_or
+from hspg_jax.flax._values import refine as _refine
+from hspg_jax.flax._values import seg_starts as _seg_starts
+from hspg_jax.flax._values import take as _take
 
 
 # --- primitive tables ---------------------------------------------------------------
@@ -150,16 +77,21 @@ _UNARY_NONZERO = ("exp", "exp2", "log", "cos", "cosh", "acos", "acosh", "logisti
                   "erfc", "lgamma", "digamma", "is_finite", "not", "population_count", "clz")
 _BINARY = {"add": "and", "sub": "and", "max": "and", "min": "and", "add_any": "and",
            "mul": "or", "div": "first", "rem": "first",
-           "pow": "top", "atan2": "top", "nextafter": "top", "eq": "top", "ne": "top",
-           "lt": "top", "le": "top", "gt": "top", "ge": "top", "and": "top", "or": "top",
+           "pow": "top", "atan2": "top", "nextafter": "top", "and": "top", "or": "top",
            "xor": "top", "shift_left": "top", "shift_right_logical": "top",
            "shift_right_arithmetic": "top"}
+_COMPARE = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.le,
+            "gt": operator.gt, "ge": operator.ge}
 _REDUCE = {"reduce_sum": True, "reduce_max": True, "reduce_min": True, "reduce_prod": True,
            "argmax": False, "argmin": False, "reduce_and": False, "reduce_or": False,
            "reduce_xor": False}
-_WINDOW = {"reduce_window_sum": "sum", "reduce_window_max": "max", "reduce_window_min": "max"}
 _CUMULATIVE = {"cumsum": True, "cumprod": True, "cummax": True, "cummin": True,
                "cumlogsumexp": False}
+# Ops that may see channels flattened into a larger axis (see AV.layout).
+_LAYOUT_OK = frozenset(_VIEW + _UNARY_ZERO + _UNARY_NONZERO + tuple(_BINARY) + tuple(_COMPARE)
+                       + tuple(_REDUCE) + ("integer_pow", "select_n", "clamp", "dot_general",
+                                           "transpose", "broadcast_in_dim", "squeeze",
+                                           "reshape", "slice"))
 
 
 class Unsupported(Exception):
@@ -173,8 +105,8 @@ class ChannelSet:
   kind: str  # "conv" or "dense"
 
 
-class Analysis:
-  """Runs the interpretation; results are read by :meth:`families`.
+class Analysis(StructureOps):
+  """Runs the interpretation; results are read by ``_families.finalize``.
 
   Args:
     paths: path of every state leaf (for messages).
@@ -194,10 +126,17 @@ class Analysis:
     self.poisoned: dict[int, list[str]] = {}
     self.pinned: dict[int, str] = {}
     self.members: dict[tuple[int, int], set[int]] = {}  # (leaf, axis) -> cids
-    self.uses: list[tuple[int, int, int, DNF, int]] = []  # cid, off, len, zero, consumer leaf
-    # (leaf, axis, start, length, cid, offset): consumer input slices
-    self.dependents: list[tuple[int, int, int, int, int, int]] = []
-    self.fixed_cuts: list[tuple[int, int, int, int]] = []  # leaf, ax, start, len: never cut
+    # (cid, offset, length, zero, consumer leaf, lost): zero-invariance checks
+    self.uses: list[tuple] = []
+    self.cuts: list[Cut] = []  # consumer input slices, and slices never cut (cid None)
+    # (kernel leaf, axis, position) -> [(cid, channel) | None]: a grouped conv's groups
+    # share kernel input positions, so their channels go together or not at all.
+    self.ties: dict[tuple[int, int, int], list] = {}
+    self.equal_blocks: list[tuple[int, int]] = []  # (cid, G): a grouped conv's outputs
+    self.normalized: dict[int, set[str]] = {}  # cid -> why its statistic was taken
+    # cids reshaped to (..., C, 1): what GroupNorm(group_size=1) does with its num_groups
+    self.unit_split: set[int] = set()
+    self._stats: list[tuple[int, str]] = []  # statistics across channels in this equation
 
   # --- channel sets -------------------------------------------------------------------
 
@@ -250,8 +189,14 @@ class Analysis:
       self.poison(cid, f"{where}: {self.paths[leaf]!r} covers only part of the channels "
                        "(or several producers); a group spec cannot cut it per family")
 
-  def drop(self, av: AV, reason: str, *, allowed: bool = False):
-    """``av`` is used in a way the analysis does not follow."""
+  def drop(self, av: AV, reason: str, *, allowed: bool = False, stat: bool = False):
+    """``av`` is used in a way the analysis does not follow.
+
+    ``stat``: the op computes something across the channels (a reduction, a
+    reshape mixing them); values derived from it carry the channels in
+    ``AV.mixed``, so that a normalization is recognised (and named) when that
+    statistic meets the same channels again.
+    """
     cids = sorted({s.chan[0] for s in av.segs if s.chan is not None})
     if self.strict and not allowed and (cids or av.src is not None):
       names = ", ".join(sorted({self.producer_name(c) for c in cids}))
@@ -259,15 +204,13 @@ class Analysis:
       raise Unsupported(f"{reason}; it touches the channels of [{names}]{leaf}")
     for c in cids:
       self.poison(c, reason)
+      if stat:
+        self._stats.append((c, reason))
     for s in av.segs:
       for leaf, _, _ in s.deps:
         self.pin(leaf, reason)
     if av.src is not None:
       self.pin(av.src[0], reason)
-
-  def families(self) -> list[FamilyInfo]:
-    """Families of linked channel sets, with why any is left ungrouped."""
-    return _finalize(self)
 
   # --- entry --------------------------------------------------------------------------
 
@@ -299,10 +242,13 @@ class Analysis:
       arr = np.asarray(c)
     except Exception:  # noqa: BLE001 - e.g. a PRNG key array
       return AV(tuple(np.shape(c)))
-    zero = bool(arr.size) and arr.dtype.kind in "biufc" and not np.any(arr)
-    scalar = float(arr) if arr.ndim == 0 and arr.dtype.kind in "biuf" else None
-    const = frozenset(range(arr.ndim)) if arr.size and arr.dtype.kind in "biufc" and np.all(
-        arr == arr.flat[0]) else frozenset()
+    if arr.dtype.kind == "V" and jnp.issubdtype(arr.dtype, jnp.floating):
+      arr = arr.astype(np.float32)  # bfloat16, float8...: NumPy sees raw bytes otherwise
+    numeric = bool(arr.size) and arr.dtype.kind in "biufc"
+    zero = numeric and not np.any(arr)
+    uniform = numeric and bool(np.all(arr == arr.flat[0]))
+    scalar = float(arr.flat[0]) if uniform and arr.dtype.kind in "biuf" else None
+    const = frozenset(range(arr.ndim)) if uniform else frozenset()
     return AV(arr.shape, const=const, zero=zero, scalar=scalar)
 
   def eval_jaxpr(self, jaxpr, const_avs, in_avs):
@@ -319,7 +265,13 @@ class Analysis:
       env[v] = av
     for eqn in jaxpr.eqns:
       avs = [read(v) for v in eqn.invars]
+      outer_stats, self._stats = self._stats, []
       outs = self.eqn(eqn, avs)
+      if eqn.primitive.name not in _CALLS:  # a call's outputs are tagged inside
+        tag = frozenset(self._stats).union(*(av.mixed for av in avs))
+        if tag:
+          outs = [dataclasses.replace(o, mixed=o.mixed | tag) for o in outs]
+      self._stats = outer_stats
       for v, av in zip(eqn.outvars, outs):
         env[v] = av
     return [read(v) for v in jaxpr.outvars]
@@ -337,6 +289,8 @@ class Analysis:
         consts = [self.const_av(c) for c in getattr(sub, "consts", ())]
         if len(inner.invars) == len(avs):
           return self.eval_jaxpr(inner, consts, avs)
+    if name not in _LAYOUT_OK:
+      avs = [self.plain(av, f"op {name!r}") for av in avs]
     if name in _VIEW:
       return [av if av.shape == s else self.unknown(name, [av], [s])[0]
               for av, s in zip(avs, out_shapes)]
@@ -350,10 +304,15 @@ class Analysis:
       return [self.elementwise(name, avs, out_shapes[0], "top")]
     if name == "integer_pow":
       return [self.elementwise(name, avs, out_shapes[0], "first" if p["y"] > 0 else "top")]
+    if name in ("max", "min"):
+      return [self.elementwise(name, self.absorbing(name, avs), out_shapes[0], "and")]
     if name in _BINARY:
       return [self.elementwise(name, avs, out_shapes[0], _BINARY[name])]
+    if name in _COMPARE:
+      return [self.compare(name, avs, out_shapes[0])]
     if name == "select_n":
-      return [self.elementwise(name, avs, out_shapes[0], "and", zero_from=range(1, len(avs)))]
+      kind = "select" if len(avs) == 3 else "and"
+      return [self.elementwise(name, avs, out_shapes[0], kind, zero_from=range(1, len(avs)))]
     if name == "clamp":
       lo, hi = avs[0].scalar, avs[2].scalar
       kind = "first" if lo is not None and hi is not None and lo <= 0 <= hi else "top"
@@ -378,13 +337,19 @@ class Analysis:
     if name == "concatenate":
       return [self.concatenate(avs, out_shapes[0], p["dimension"])]
     if name == "slice":
-      return [self.slice(avs[0], out_shapes[0], p)]
+      return [self.slice(avs[0], out_shapes[0], p["start_indices"], p["limit_indices"],
+                         p["strides"])]
+    if name == "split":
+      return self.split(avs[0], out_shapes, p["axis"], p["sizes"])
     if name == "pad":
       return [self.pad(avs, out_shapes[0], p["padding_config"])]
     if name == "rev":
-      return [self.remap(avs[0], out_shapes[0], {i: i for i in range(len(avs[0].shape))
-                                                 if i not in set(p["dimensions"])}, name,
-                         keep_src=False)]
+      av, dims = avs[0], set(p["dimensions"])
+      if av.axis in dims:
+        self.drop(av, "op 'rev' reverses the channel axis")
+        av = AV(av.shape, src=av.src, mixed=av.mixed)
+      return [self.remap(av, out_shapes[0], {i: i for i in range(len(av.shape))
+                                             if i not in dims}, name, keep_src=False)]
     if not avs:  # iota, constants, random bits: nothing of ours flows in
       return [AV(s) for s in out_shapes]
     return self.unknown(name, avs, out_shapes)
@@ -393,6 +358,14 @@ class Analysis:
     for av in avs:
       self.drop(av, f"unsupported op {name!r}")
     return [AV(s) for s in out_shapes]
+
+  def plain(self, av: AV, where: str) -> AV:
+    """``av`` with its tracked axis given up if it holds flattened channels."""
+    if av.layout is None:
+      return av
+    self.drop(av, f"{where} on channels flattened into a larger axis (only a dense layer "
+                  "consuming them, and ops elementwise over them, are followed)")
+    return AV(av.shape, const=av.const, zero=av.zero, mixed=av.mixed)
 
   # --- producers and consumers ---------------------------------------------------------
 
@@ -406,21 +379,29 @@ class Analysis:
       return None
     return leaf, dims
 
-  def consume(self, act: AV, axis: int, leaf: int, leaf_axis: int, what: str):
-    """``act``'s channels along ``axis`` are contracted with ``leaf[leaf_axis]``."""
+  def _untrack(self, act: AV, axis: int, what: str) -> AV:
     if act.axis is not None and act.axis != axis:
       self.drop(act, f"{what}: the channel axis is mixed spatially")
-      act = AV(act.shape)
+      return AV(act.shape)
+    return act
+
+  def consume(self, act: AV, axis: int, leaf: int, leaf_axis: int, what: str):
+    """``act``'s channels along ``axis`` are contracted with ``leaf[leaf_axis]``."""
+    act = self._untrack(act, axis, what)
     if act.axis is None:
       # Channels nobody can remove (e.g. the model input): this kernel slice stays.
-      self.fixed_cuts.append((leaf, leaf_axis, 0, self.shapes[leaf][leaf_axis]))
+      self.cuts.append(Cut(leaf, leaf_axis, 0, self.shapes[leaf][leaf_axis], None))
       return
+    layout = None
+    if act.layout is not None:
+      outer, inner = act.layout
+      layout = (outer, act.width, inner)
     for start, s in _seg_starts(act.segs):
       if s.chan is not None:
-        self.uses.append((s.chan[0], s.chan[1], s.length, s.zero, leaf))
-        self.dependents.append((leaf, leaf_axis, start, s.length, s.chan[0], s.chan[1]))
+        self.uses.append((s.chan[0], s.chan[1], s.length, s.zero, leaf, s.lost))
+        self.cuts.append(Cut(leaf, leaf_axis, start, s.length, s.chan[0], s.chan[1], layout))
       else:
-        self.fixed_cuts.append((leaf, leaf_axis, start, s.length))
+        self.cuts.append(Cut(leaf, leaf_axis, start, s.length, None, 0, layout))
         for dep_leaf, _, _ in s.deps:
           self.pin(dep_leaf, f"{what}: used on channels that are never removed")
 
@@ -435,19 +416,85 @@ class Analysis:
     p = eqn.params
     dn = p["dimension_numbers"]
     kernel = self._kernel(rhs)
-    ok = (kernel is not None and p["feature_group_count"] == 1 and p["batch_group_count"] == 1
+    groups = p["feature_group_count"]
+    ok = (kernel is not None and p["batch_group_count"] == 1
           and None not in (kernel[1][dn.rhs_spec[0]], kernel[1][dn.rhs_spec[1]]))
     if not ok:
-      why = ("grouped/depthwise conv" if kernel is not None
-             else "conv whose kernel is not a parameter leaf as stored")
+      why = ("conv with batch_group_count > 1" if kernel is not None
+             else "conv whose kernel is not a parameter leaf as stored (e.g. a masked or computed "
+                  "kernel)")
       self.drop(lhs, f"unsupported op conv_general_dilated ({why})")
       self.drop(rhs, f"unsupported op conv_general_dilated ({why})")
       return AV(out_shape)
     leaf, dims = kernel
     out_axis, in_axis = dims[dn.rhs_spec[0]], dims[dn.rhs_spec[1]]
+    in_ch, out_ch = dn.lhs_spec[1], dn.out_spec[1]
     what = f"conv {self.paths[leaf]!r}"
-    self.consume(lhs, dn.lhs_spec[1], leaf, in_axis, what)
-    return self.produce(leaf, out_axis, out_shape, dn.out_spec[1], "conv")
+    lhs = self.plain(lhs, what)
+    if groups == 1:
+      self.consume(lhs, in_ch, leaf, in_axis, what)
+      return self.produce(leaf, out_axis, out_shape, out_ch, "conv")
+    per_in, per_out = lhs.shape[in_ch] // groups, out_shape[out_ch] // groups
+    if per_in == 1 and per_out == 1:
+      return self.depthwise(lhs, in_ch, leaf, out_axis, out_shape, out_ch, what)
+    if per_in == 1:
+      self.drop(lhs, f"{what} is depthwise with channel multiplier {per_out}: removing one of "
+                     f"its input channels would remove {per_out} of its outputs and change its "
+                     "group count")
+    else:
+      self.consume_grouped(lhs, in_ch, leaf, in_axis, groups, what)
+    out = self.produce(leaf, out_axis, out_shape, out_ch, "conv")
+    self.equal_blocks.append((out.segs[0].chan[0], groups))
+    return out
+
+  def depthwise(self, act: AV, axis: int, leaf: int, out_axis: int, out_shape, out_ch: int,
+                what: str) -> AV:
+    """Output channel ``c`` is input channel ``c`` filtered: it keeps its identity."""
+    act = self._untrack(act, axis, what)
+    n = out_shape[out_ch]
+    if act.axis is None:
+      self.cuts.append(Cut(leaf, out_axis, 0, n, None))
+      return AV(out_shape, out_ch, (Seg(n, fixed=True),))
+    segs = []
+    for start, s in _seg_starts(act.segs):
+      atom = (leaf, out_axis, start)
+      if s.chan is None:
+        self.cuts.append(Cut(leaf, out_axis, start, s.length, None))
+        for dep_leaf, _, _ in s.deps:
+          self.pin(dep_leaf, f"{what}: applied to channels that are never removed")
+        segs.append(Seg(s.length, fixed=True))
+        continue
+      cid, off = s.chan
+      zero = s.zero
+      if off == start == 0 and s.length == self.sets[cid].length == n:
+        # The filters join the producer's family (graph-based pruning tools do the same).
+        self.members.setdefault((leaf, out_axis), set()).add(cid)
+        if self.is_param[leaf]:
+          zero = dnf_or(zero, frozenset([frozenset([atom])]))
+      else:  # channels of several producers: cut the filters as a consumer's input
+        self.cuts.append(Cut(leaf, out_axis, start, s.length, cid, off))
+      segs.append(Seg(s.length, s.chan, zero, lost=s.lost))
+    return AV(out_shape, out_ch, tuple(segs))
+
+  def consume_grouped(self, act: AV, axis: int, leaf: int, leaf_axis: int, groups: int,
+                      what: str):
+    """A grouped conv: group ``g`` reads input positions ``g * k + j`` with kernel row ``j``."""
+    act = self._untrack(act, axis, what)
+    k = act.shape[axis] // groups
+    for g in range(groups):
+      segs = (_take(act.segs, g * k, (g + 1) * k) if act.axis is not None
+              else (Seg(k, fixed=True),))
+      for start, s in _seg_starts(segs):
+        if s.chan is not None:
+          cid, off = s.chan
+          self.uses.append((cid, off, s.length, s.zero, leaf, s.lost))
+          self.cuts.append(Cut(leaf, leaf_axis, start, s.length, cid, off, tied=True))
+        else:
+          for dep_leaf, _, _ in s.deps:
+            self.pin(dep_leaf, f"{what}: used on channels that are never removed")
+        for j in range(s.length):
+          item = None if s.chan is None else (s.chan[0], s.chan[1] + j)
+          self.ties.setdefault((leaf, leaf_axis, start + j), []).append(item)
 
   def dot(self, eqn, avs, out_shape):
     (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
@@ -478,54 +525,93 @@ class Analysis:
 
   # --- elementwise -------------------------------------------------------------------
 
-  def as_segs(self, av: AV, axis: int, length: int, where: str) -> tuple[Seg, ...]:
+  def as_segs(self, av: AV, axis: int, length: int, where: str,
+              layout=None) -> tuple[Seg, ...]:
     """``av``'s segments along the result's tracked ``axis``."""
-    if av.axis == axis and len(av.shape) and av.shape[axis] == length:
+    if av.axis == axis and av.layout == layout and av.width == length:
       return av.segs
     if av.is_const(axis):
       if av.axis is not None:
-        self.drop(av, f"{where}: channels broadcast along another axis")
+        if av.axis == axis:
+          self.drop(av, f"{where}: its single channel is broadcast across {length} channels")
+        else:
+          self.drop(av, f"{where}: channels broadcast along another axis")
       return (Seg(length, zero=ALWAYS if av.zero else NEVER),)
-    if av.src is not None and av.src[1][axis] is not None:
+    if layout is None and av.src is not None and av.src[1][axis] is not None:
       leaf, dims = av.src
       atom = (leaf, dims[axis], 0)
       zero = frozenset([frozenset([atom])]) if self.is_param[leaf] else NEVER
       return (Seg(length, None, zero, frozenset([atom])),)
-    self.drop(av, f"{where}: combined with channels along another axis")
+    if layout is not None or av.layout is not None:
+      self.drop(av, f"{where}: combined with channels flattened into a larger axis")
+    elif av.axis is None and av.src is None and len(av.shape) and av.shape[axis] == length:
+      # e.g. a NumPy array baked into the model: the pruned model would keep its width
+      return (Seg(length, fixed=f"{where}: combined with a fixed {length}-wide array along the "
+                                "channel axis (a constant of the model, or a value that does "
+                                "not follow these channels), which pruning cannot cut"),)
+    else:
+      self.drop(av, f"{where}: combined with channels along another axis")
     return (Seg(length, fixed=True),)
+
+  def absorbing(self, name, avs):
+    """``max(x, c)`` with ``c <= 0`` (``min`` with ``c >= 0``) is zero where ``x`` is."""
+    out = []
+    for av in avs:
+      c = av.scalar
+      if av.axis is None and c is not None and (c <= 0 if name == "max" else c >= 0):
+        av = dataclasses.replace(av, zero=True)
+      out.append(av)
+    return out
+
+  def compare(self, name, avs, out_shape) -> AV:
+    """A comparison with a constant is known (True or False) where its operand is zero."""
+    a, b = avs
+    for i, (x, c) in enumerate(((a, b), (b, a))):
+      value = 0.0 if c.zero else c.scalar
+      if x.axis is not None and c.axis is None and value is not None:
+        args = (0.0, value) if i == 0 else (value, 0.0)
+        kind = "cmp_true" if _COMPARE[name](*args) else "cmp_false"
+        return self.elementwise(name, avs, out_shape, kind, zero_from=[i])
+    return self.elementwise(name, avs, out_shape, "top")
 
   def elementwise(self, name, avs, out_shape, kind, zero_from=None):
     ndim = len(out_shape)
     zero_from = set(range(len(avs)) if zero_from is None else zero_from)
     # The result tracks the channel axis of a producer-carrying operand if any,
     # else of a per-channel vector.
-    axis = next((av.axis for av in avs if av.has_chan and len(av.shape) == ndim), None)
-    if axis is None:
-      axis = next((av.axis for av in avs if av.axis is not None and len(av.shape) == ndim
-                   and av.shape[av.axis] == out_shape[av.axis]), None)
+    tracked = [av for av in avs if av.axis is not None and len(av.shape) == ndim]
+    src = next((av for av in tracked if av.has_chan and av.width > 1), None)
+    src = src or next((av for av in tracked if av.has_chan), None)
+    if src is None:
+      src = next((av for av in tracked if av.shape[av.axis] == out_shape[av.axis]), None)
     const = frozenset(a for a in range(ndim) if all(av.is_const(a) for av in avs))
-    if axis is None:
+    if src is None:
       zeros = [av.zero for i, av in enumerate(avs) if i in zero_from]
+      if kind in ("cmp_true", "cmp_false", "select"):
+        kind = "top" if kind != "select" else "and"
       zero = {"and": all, "or": any, "first": lambda z: z[0] if z else False,
               "top": lambda z: False}[kind](zeros)
       for av in avs:
         if av.src is not None:  # its values flow on untracked (e.g. kernel * mask)
           self.pin(av.src[0], f"op {name!r} on a parameter outside channel tracking")
       return AV(out_shape, const=const, zero=bool(zero))
-    length = out_shape[axis]
+    axis, layout = src.axis, src.layout
+    length = src.width if layout is not None else out_shape[axis]
     where = f"op {name!r}"
-    seg_lists = [self.as_segs(av, axis, length, where) for av in avs]
+    # A statistic across channels meeting those channels: a normalization.
+    chans = {s.chan[0] for av in avs for s in av.segs if s.chan is not None}
+    for av in avs:
+      own = {s.chan[0] for s in av.segs if s.chan is not None}
+      for cid, why in av.mixed:
+        if cid in chans and cid not in own:
+          self.normalized.setdefault(cid, set()).add(why)
+    seg_lists = [self.as_segs(av, axis, length, where, layout) for av in avs]
     out = []
     for n, parts in _refine(seg_lists):
-      zs = [s.zero for i, s in enumerate(parts) if i in zero_from]
-      if kind == "top" or not zs:
-        zero = NEVER
-      elif kind == "first":
-        zero = zs[0]
-      else:
-        zero = zs[0]
-        for z in zs[1:]:
-          zero = dnf_and(zero, z) if kind == "and" else dnf_or(zero, z)
+      zero, true = self._combine(kind, parts, zero_from)
+      lost = None
+      if zero == NEVER:
+        lost = self._why_lost(name, kind, parts, zero_from)
       chans = [s.chan for s in parts if s.chan is not None]
       if chans:
         rep = chans[0]
@@ -533,260 +619,67 @@ class Analysis:
           self.link(rep, c, n, where)
         for s in parts:
           if s.fixed:
-            self.poison(rep[0], f"{where}: combined with channels that cannot be cut "
-                                "(an input or an ungrouped activation)")
+            self.poison(rep[0], s.fixed if isinstance(s.fixed, str) else (
+                f"{where}: combined with channels that cannot be cut (an input or an "
+                "ungrouped activation)"))
           for atom in s.deps:
             self.attach(rep, n, atom, where)
-        out.append(Seg(n, rep, zero))
+        out.append(Seg(n, rep, zero, true=true, lost=lost))
       else:
         deps = frozenset().union(*(s.deps for s in parts))
-        fixed = any(s.fixed for s in parts)
+        fixed = next((s.fixed for s in parts if s.fixed), False)
         if fixed:  # these parameter slices now act on channels nobody removes
           for dep_leaf, _, _ in deps:
             self.pin(dep_leaf, f"{where}: applied to channels that are never removed")
-        out.append(Seg(n, None, zero, deps, fixed))
-    return AV(out_shape, axis, tuple(out), const)
+        out.append(Seg(n, None, zero, deps, fixed, true, lost))
+    return AV(out_shape, axis, tuple(out), const, layout=layout)
 
-  # --- structure ---------------------------------------------------------------------
+  @staticmethod
+  def _combine(kind, parts, zero_from):
+    """(zero, true) of one refined segment."""
+    zs = [s.zero for i, s in enumerate(parts) if i in zero_from]
+    if kind == "top" or not zs:
+      return NEVER, NEVER
+    if kind == "first":
+      return zs[0], NEVER
+    if kind == "cmp_false":  # False (zero) where the compared channel is zero
+      return zs[0], NEVER
+    if kind == "cmp_true":
+      return NEVER, zs[0]
+    zero = zs[0]
+    for z in zs[1:]:
+      zero = dnf_or(zero, z) if kind == "or" else dnf_and(zero, z)
+    if kind == "select":  # select_n(pred, on_false, on_true)
+      pred, on_false, on_true = parts
+      zero = dnf_or(zero, dnf_or(dnf_and(pred.zero, on_false.zero),
+                                 dnf_and(pred.true, on_true.zero)))
+    return zero, NEVER
 
-  def remap(self, av: AV, out_shape, axis_map: dict, name: str, keep_src: bool = True) -> AV:
-    """Moves axes ``in -> axis_map[in]``; axes not in the map disappear."""
-    axis = None
-    segs = ()
-    if av.axis is not None:
-      if av.axis in axis_map and out_shape[axis_map[av.axis]] == av.shape[av.axis]:
-        axis, segs = axis_map[av.axis], av.segs
-      else:
-        self.drop(av, f"op {name!r} moves or merges the channel axis")
-        av = dataclasses.replace(av, src=None)
-    src = None
-    if av.src is not None:
-      leaf, dims = av.src
-      new = [None] * len(out_shape)
-      for i, d in enumerate(dims):
-        if i in axis_map and out_shape[axis_map[i]] == av.shape[i]:
-          new[axis_map[i]] = d
-      lost = any(self.shapes[leaf][d] > 1 for d in dims if d is not None and d not in new)
-      if keep_src and not lost:
-        src = (leaf, tuple(new))
-      elif lost or axis is None:  # its values flow on untracked
-        self.pin(leaf, f"op {name!r} on a parameter outside channel tracking")
-    const = frozenset(axis_map[a] for a in range(len(av.shape))
-                      if a in axis_map and av.is_const(a))
-    return AV(tuple(out_shape), axis, segs, const, src, av.zero, av.scalar)
-
-  def reshape(self, av: AV, out_shape) -> AV:
-    a, b = av.shape, tuple(out_shape)
-    stride_a = [int(np.prod(a[i + 1:])) for i in range(len(a))]
-    stride_b = [int(np.prod(b[j + 1:])) for j in range(len(b))]
-    axis_map = {}
-    for i, n in enumerate(a):
-      if n > 1:
-        for j, m in enumerate(b):
-          if m == n and stride_b[j] == stride_a[i]:
-            axis_map[i] = j
-    out = self.remap(av, b, axis_map, "reshape")
-    # Size-1 output axes are trivially constant; other new axes are not.
-    return dataclasses.replace(out, const=out.const | {j for j, m in enumerate(b) if m == 1})
-
-  def broadcast(self, av: AV, out_shape, bdims) -> AV:
-    axis_map = {i: d for i, d in enumerate(bdims)}
-    out = self.remap(av, out_shape, axis_map, "broadcast_in_dim")
-    const = set(out.const) | {j for j in range(len(out_shape)) if j not in bdims}
-    const |= {d for i, d in enumerate(bdims) if av.shape[i] == 1}
-    return dataclasses.replace(out, const=frozenset(const))
-
-  def reduce(self, av: AV, out_shape, axes, name, zero_preserving) -> AV:
-    if av.axis is not None and av.axis in axes:
-      self.drop(av, f"op {name!r} reduces over the channel axis")
-      return AV(out_shape)
-    kept = [i for i in range(len(av.shape)) if i not in axes]
-    out = self.remap(av, out_shape, {i: j for j, i in enumerate(kept)}, name, keep_src=False)
-    if not zero_preserving:
-      out = dataclasses.replace(out, segs=tuple(dataclasses.replace(s, zero=NEVER)
-                                                for s in out.segs), zero=False)
-    return out
-
-  def window(self, av: AV, out_shape, p, name) -> AV:
-    wd, ws, pad = p["window_dimensions"], p["window_strides"], p["padding"]
-    bd, wdl = p["base_dilation"], p["window_dilation"]
-    a = av.axis
-    if a is not None and (wd[a] != 1 or ws[a] != 1 or tuple(pad[a]) != (0, 0)
-                          or bd[a] != 1 or wdl[a] != 1):
-      self.drop(av, f"op {name!r} pools over the channel axis")
-      return AV(out_shape)
-    windowed = {i for i in range(len(wd)) if wd[i] != 1 or ws[i] != 1 or tuple(pad[i]) != (0, 0)}
-    out = self.remap(av, out_shape, {i: i for i in range(len(av.shape))}, name, keep_src=False)
-    # A max over a window that holds at least one real (zero) element is zero.
-    exact = _WINDOW[name] == "sum" or (all(b == 1 for b in bd) and all(
-        lo < w and hi < w for (lo, hi), w in zip(pad, wd)))
-    segs = out.segs if exact else tuple(dataclasses.replace(s, zero=NEVER) for s in out.segs)
-    return dataclasses.replace(out, segs=segs, const=out.const - windowed,
-                               zero=out.zero and exact)
-
-  def cumulative(self, av: AV, axis, name, zero_preserving) -> AV:
-    if av.axis == axis:
-      self.drop(av, f"op {name!r} accumulates over the channel axis")
-      return AV(av.shape)
-    out = self.remap(av, av.shape, {i: i for i in range(len(av.shape))}, name, keep_src=False)
-    if not zero_preserving:
-      out = dataclasses.replace(out, segs=tuple(dataclasses.replace(s, zero=NEVER)
-                                                for s in out.segs), zero=False)
-    return dataclasses.replace(out, const=out.const - {axis})
-
-  def concatenate(self, avs, out_shape, dim) -> AV:
-    along = any(av.axis == dim for av in avs)
-    if along:
-      segs = []
-      for av in avs:
-        segs.extend(self.as_segs(av, dim, av.shape[dim], "concatenate"))
-      const = frozenset(a for a in range(len(out_shape))
-                        if a != dim and all(av.is_const(a) for av in avs))
-      return AV(tuple(out_shape), dim, tuple(segs), const)
-    if any(av.axis is not None for av in avs):
-      # Joined along another axis: channel j of every part is channel j of the result.
-      parts = [dataclasses.replace(av, shape=tuple(out_shape)) for av in avs]
-      out = self.elementwise("concatenate", parts, out_shape, "and")
-      return dataclasses.replace(out, const=out.const - {dim})
-    for av in avs:
-      if av.src is not None:
-        self.pin(av.src[0], "concatenate of a parameter")
-    const = frozenset(a for a in range(len(out_shape))
-                      if a != dim and all(av.is_const(a) for av in avs))
-    return AV(tuple(out_shape), const=const, zero=all(av.zero for av in avs))
-
-  def slice(self, av: AV, out_shape, p) -> AV:
-    start, limit, strides = p["start_indices"], p["limit_indices"], p["strides"]
-    a = av.axis
-    full = tuple(out_shape) == av.shape
-    if full:
-      return av
-    if av.src is not None:
-      if av.axis is None:
-        self.pin(av.src[0], "slice of a parameter")
-      av = dataclasses.replace(av, src=None)
-    if a is not None:
-      if strides is not None and strides[a] != 1:
-        self.drop(av, "strided slice of the channel axis")
-        return AV(out_shape)
-      segs = _take(av.segs, start[a], limit[a])
-      return AV(tuple(out_shape), a, segs, av.const, None, av.zero)
-    return AV(tuple(out_shape), const=av.const, zero=av.zero)
-
-  def pad(self, avs, out_shape, config) -> AV:
-    av, value = avs
-    a = av.axis
-    if a is not None and tuple(config[a]) != (0, 0, 0):
-      self.drop(av, "pad of the channel axis")
-      return AV(out_shape)
-    padded = {i for i, c in enumerate(config) if tuple(c) != (0, 0, 0)}
-    out = self.remap(av, out_shape, {i: i for i in range(len(av.shape))}, "pad", keep_src=False)
-    segs = out.segs if value.zero else tuple(dataclasses.replace(s, zero=NEVER) for s in out.segs)
-    return dataclasses.replace(out, segs=segs, const=out.const - padded,
-                               zero=out.zero and value.zero)
-
-
-@dataclasses.dataclass(frozen=True)
-class FamilyInfo:
-  """One family of linked channel sets, as found by :meth:`Analysis.families`.
-
-  Attributes:
-    cids: its channel sets (first = first producer traced).
-    size: channels (groups) in the family.
-    producers: kernel leaf index of every channel set.
-    members: ``(leaf, axis)`` of every state leaf cut in full along ``axis``.
-    dependents: ``(leaf, axis, start, length, offset)``: consumer slices, channel
-      ``offset + j`` of the family is position ``start + j`` of ``leaf`` on ``axis``.
-    reasons: why the family is left ungrouped (empty when it is grouped).
-  """
-
-  cids: tuple[int, ...]
-  size: int
-  producers: tuple[int, ...]
-  members: tuple[tuple[int, int], ...]
-  dependents: tuple[tuple[int, int, int, int, int], ...]
-  reasons: tuple[str, ...]
-
-
-def _finalize(an: Analysis) -> list[FamilyInfo]:
-  # Channel sets cutting the same leaf slice are the same channels.
-  for cids in an.members.values():
-    first, *rest = sorted(cids)
-    for c in rest:
-      an.union(first, c)
-  reasons: dict[int, list[str]] = {}
-
-  def flag(cid, why):
-    reasons.setdefault(an.find(cid), []).append(why)
-
-  for cid, whys in an.poisoned.items():
-    for why in whys:
-      flag(cid, why)
-  axes_of_leaf: dict[int, set[int]] = {}
-  for (leaf, axis) in an.members:
-    axes_of_leaf.setdefault(leaf, set()).add(axis)
-  for (leaf, axis), cids in an.members.items():
-    if len(axes_of_leaf[leaf]) > 1:
-      for c in cids:
-        flag(c, f"{an.paths[leaf]!r} would be grouped along several axes")
-    if leaf in an.pinned:
-      for c in cids:
-        flag(c, f"{an.paths[leaf]!r} cannot be cut: {an.pinned[leaf]}")
-  for leaf, axis, start, n, cid, off in an.dependents:
-    if leaf in an.pinned:
-      flag(cid, f"{an.paths[leaf]!r} cannot be cut: {an.pinned[leaf]}")
-
-  # Every position of a cut (leaf, axis) must map to one channel of one family.
-  cuts: dict[tuple[int, int], set] = {}
-  for (leaf, axis), cids in an.members.items():
-    for c in cids:
-      cuts.setdefault((leaf, axis), set()).add((0, an.sets[c].length, an.find(c), 0))
-  for leaf, axis, start, n, cid, off in an.dependents:
-    cuts.setdefault((leaf, axis), set()).add((start, n, an.find(cid), off))
-  for leaf, axis, start, n in an.fixed_cuts:
-    for s0, n0, root, _ in cuts.get((leaf, axis), ()):
-      if s0 < start + n and start < s0 + n0:
-        flag(root, f"{an.paths[leaf]!r} axis {axis} also takes channels that are never removed "
-                   "(e.g. a layer applied to the input and to its own output)")
-  for (leaf, axis), entries in cuts.items():
-    es = sorted(entries)
-    for i, (s1, n1, r1, o1) in enumerate(es):
-      for s2, n2, r2, o2 in es[i + 1:]:
-        if s2 < s1 + n1 and (r1 != r2 or s1 - o1 != s2 - o2):
-          why = f"{an.paths[leaf]!r} axis {axis} would be cut by overlapping channel sets"
-          flag(r1, why)
-          flag(r2, why)
-
-  member_keys: dict[int, set] = {}
-  for (leaf, axis), cids in an.members.items():
-    for c in cids:
-      member_keys.setdefault(an.find(c), set()).add((leaf, axis))
-  for cid, off, n, zero, consumer in an.uses:
-    root = an.find(cid)
-    keys = member_keys.get(root, set())
-    ok = any(all((leaf, axis) in keys and start == off for leaf, axis, start in alt)
-             for alt in zero)
-    if not ok:
-      flag(cid, f"not zero-invariant at the input of {an.paths[consumer]!r}: the channel can be "
-                "nonzero with the group zero (a constant, a statistic or a non-zero-preserving op "
-                "in between)")
-
-  by_root: dict[int, list[int]] = {}
-  for c in range(len(an.sets)):
-    by_root.setdefault(an.find(c), []).append(c)
-  out = []
-  for root in sorted(by_root):
-    cids = tuple(by_root[root])
-    members = tuple(sorted(member_keys.get(root, ())))
-    deps = tuple(sorted({(leaf, axis, start, n, off) for leaf, axis, start, n, cid, off
-                         in an.dependents if an.find(cid) == root}))
-    why = list(dict.fromkeys(reasons.get(root, [])))
-    if not why and not any(an.is_param[leaf] for leaf, _ in members):
-      why.append("no nnx.Param among the leaves it would cut")
-    out.append(FamilyInfo(cids, an.sets[root].length, tuple(an.sets[c].producer for c in cids),
-                          members, deps, tuple(why)))
-  return out
-
+  def _why_lost(self, name, kind, parts, zero_from):
+    """Why a segment that was zero with its group is not any more (for messages)."""
+    inputs = [s for i, s in enumerate(parts) if i in zero_from]
+    if not any(s.zero != NEVER for s in inputs):
+      return next((s.lost for s in parts if s.lost), None)
+    if kind == "top":
+      if name in _UNARY_NONZERO:
+        return f"op {name!r} maps zero to a nonzero value"
+      return f"op {name!r} does not keep a zero channel at zero"
+    for s in inputs:
+      if s.zero != NEVER:
+        continue
+      if s.lost:
+        return s.lost
+      if s.deps:
+        leaves = ", ".join(sorted({repr(self.paths[leaf]) for leaf, _, _ in s.deps}))
+        return f"op {name!r} combines it with {leaves}, which does not vanish with the group"
+      if s.fixed:
+        return (f"op {name!r} combines it with channels that are never removed (the model "
+                "input or an ungrouped activation)")
+      if s.chan is not None:
+        return (f"op {name!r} combines it with channels of {self.producer_name(s.chan[0])!r} "
+                "that are not zero with the group")
+      return f"op {name!r} combines it with a nonzero constant"
+    return f"op {name!r}"
 
 def count_macs(closed_jaxpr) -> int:
   """Multiply-accumulates of every conv and dot_general in a jaxpr (recursively)."""
@@ -816,4 +709,3 @@ def count_macs(closed_jaxpr) -> int:
 
   walk(closed_jaxpr.jaxpr)
   return total
-

@@ -6,17 +6,31 @@ produces it to the layers that consume it (see ``_dataflow`` for the
 abstract interpretation). The result is one group per output channel of each
 conv / dense layer, holding every parameter slice that must vanish with it:
 its kernel filter and bias, and the BatchNorm scale and bias that follow.
-Channels summed by a residual add (identity shortcuts included) or multiplied
-together share one family; channels of a concatenation map back to their
-producers. Channels that reach the model output (the classifier's) are never
-grouped.
+Channels summed by a residual add (identity or projection shortcuts) or
+multiplied together (a gate) share one family; channels of a concatenation
+map back to their producers; a depthwise conv's filters join the family of
+the channels they filter; a layer applied to several inputs ties them into one
+family; a conv output flattened into a dense layer maps each channel to its
+strided set of dense inputs; a grouped conv's groups are kept aligned
+(:attr:`ChannelGraph.ties`, :attr:`ChannelGraph.equal_blocks`). Zero stays
+zero through ReLU-like and clipped activations (ReLU6, hard tanh, hard swish,
+leaky ReLU, ELU, GELU, SiLU, ...), pooling, dropout and per-channel
+normalizations (BatchNorm, GroupNorm with ``group_size=1``, InstanceNorm,
+LayerNorm over non-channel axes). Channels that reach the model output (the
+classifier's) are never grouped.
 
 Zero-invariance is checked, not assumed: a family is grouped only if zeroing
-all its members makes the channel exactly zero at every consumer. Whatever
-the analysis cannot follow (an unknown primitive, a reshape that merges the
-channel axis, a per-channel parameter spanning several producers, ...) leaves
-the layers involved ungrouped -- a conservative fallback, listed with the
-reason in :attr:`ChannelGraph.ungrouped` -- or, with ``strict=True``, raises.
+all its members makes the channel exactly zero at every consumer, and only if
+pruning can rebuild every layer whose arrays it cuts. Whatever the analysis
+cannot follow leaves the layers involved ungrouped -- a conservative
+fallback, listed with the reason in :attr:`ChannelGraph.ungrouped` -- or, with
+``strict=True``, raises. Declined, with the reason: statistics across
+channels (LayerNorm or RMSNorm over channels, GroupNorm with several channels
+per group: a zero channel still shifts the others' mean and variance), slices
+of the channel axis at fixed offsets (splits, shifts, rolls), ops that map
+zero elsewhere (sigmoid, softplus, an added constant), a depthwise conv with a
+channel multiplier, arrays of the channel width baked into the model, layers
+whose size attributes pruning cannot update, and unknown primitives.
 """
 
 from __future__ import annotations
@@ -30,6 +44,8 @@ from flax import nnx
 
 from hspg_jax import groups as groups_lib
 from hspg_jax.flax import _dataflow
+from hspg_jax.flax import _families
+from hspg_jax.flax import _layers
 from hspg_jax.flax import _trace
 
 __all__ = ["ChannelFamily", "ChannelGraph", "analyze_channels", "zero_invariant_groups"]
@@ -48,6 +64,11 @@ class ChannelFamily:
       the spec's members (``nnx.Param``) and the BatchNorm statistics.
     dependents: ``(state path, axis, start, length, offset)`` consumer slices:
       family channel ``offset + j`` is position ``start + j`` along ``axis``.
+    flat_dependents: ``(state path, axis, start, length, offset, outer, mid,
+      inner)``: consumer slices of channels flattened into a larger axis (a
+      conv's output reshaped into a dense layer's input): the leaf's ``axis``
+      is viewed as ``(outer, mid, inner)`` and family channel ``offset + j`` is
+      ``mid`` position ``start + j``, for every ``outer`` and ``inner`` index.
   """
 
   name: str
@@ -55,6 +76,7 @@ class ChannelFamily:
   producers: tuple[str, ...]
   members: tuple[tuple[str, int], ...]
   dependents: tuple[tuple[str, int, int, int, int], ...]
+  flat_dependents: tuple[tuple[str, int, int, int, int, int, int, int], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +92,15 @@ class ChannelGraph:
       channels are left ungrouped.
     paths: path of every state leaf the analysis saw (params first).
     shapes: their shapes.
-    inputs: the example input's ``ShapeDtypeStruct`` (pruning re-checks shapes).
+    inputs: the example input's ``ShapeDtypeStruct``; pruning checks the pruned
+      model on a random input of this shape and dtype.
     apply_fn: the forward used, or None for ``model(inputs)``.
+    ties: tuples of ``(family, group)`` that pruning removes together or not at
+      all (None stands for a channel that is never removed): the channels a
+      grouped conv reads with one kernel input position, since its groups share
+      the kernel's input axis.
+    equal_blocks: ``(family, G)``: pruning removes as many groups from each of
+      the ``G`` consecutive blocks of the family (a grouped conv's outputs).
   """
 
   spec: Any
@@ -82,6 +111,8 @@ class ChannelGraph:
   shapes: tuple[tuple[int, ...], ...]
   inputs: Any = dataclasses.field(default=None, repr=False, compare=False)
   apply_fn: Any = dataclasses.field(default=None, repr=False, compare=False)
+  ties: tuple[tuple[tuple[str, int] | None, ...], ...] = ()
+  equal_blocks: tuple[tuple[str, int], ...] = ()
 
   def table(self) -> str:
     """The group table, then the ungrouped layers and why."""
@@ -142,35 +173,68 @@ def analyze_channels(model: nnx.Module, inputs, *, apply_fn=None,
     analysis.run(traced.jaxpr, n)
   except _dataflow.Unsupported as e:
     raise ValueError(f"analyze_channels(strict=True): {e}") from None
+  result = _families.finalize(analysis)
 
   params = nnx.state(model, nnx.Param)
   p_leaves, p_def = jax.tree_util.tree_flatten(params)
   if len(p_leaves) != traced.num_params:
     raise ValueError("nnx.state(model, nnx.Param) changed while tracing")
   spec_leaves: list = [None] * len(p_leaves)
-  families, ungrouped = [], []
+  families, ungrouped, names = [], [], {}
   module = lambda leaf: _trace.module_path(traced.paths[leaf])  # noqa: E731
-  for info in analysis.families():
+  modules = _layers.modules_by_path(model, groups_lib.path_str)
+  blind = _layers.widths_without_arrays(modules)
+  for info in result.families:
     producers = tuple(dict.fromkeys(module(leaf) for leaf in info.producers))
-    if info.reasons:
-      ungrouped.extend((p, "; ".join(info.reasons)) for p in producers)
+    reasons = info.reasons or _rebuild_problems(info, traced, modules, blind)
+    if reasons:
+      ungrouped.extend((p, "; ".join(reasons)) for p in producers)
       continue
     name = producers[0] + (f"+{len(producers) - 1}" if len(producers) > 1 else "")
+    names[info.root] = name
     for leaf, axis in info.members:
       if is_param[leaf]:
         spec_leaves[leaf] = groups_lib.GroupAxis(axis, name)
     families.append(ChannelFamily(
         name, info.size, producers,
         tuple((traced.paths[leaf], axis) for leaf, axis in info.members),
-        tuple((traced.paths[leaf], axis, s, k, o) for leaf, axis, s, k, o in info.dependents)))
+        tuple((traced.paths[leaf], axis, s, k, o) for leaf, axis, s, k, o in info.dependents),
+        tuple((traced.paths[d[0]],) + tuple(d[1:]) for d in info.flat_dependents)))
   unsupported = sorted({why for _, why in ungrouped if "unsupported op" in why})
   if unsupported:
     warnings.warn("analyze_channels: some layers are left ungrouped (conservative fallback): "
                   + "; ".join(unsupported), stacklevel=2)
   spec = jax.tree_util.tree_unflatten(p_def, spec_leaves)
   structure = groups_lib.resolve(params, spec)
+  ties, equal_blocks = _constraints(result, names)
   return ChannelGraph(spec, structure, tuple(families), tuple(ungrouped), traced.paths,
-                      traced.shapes, _trace.as_abstract(inputs), apply_fn)
+                      traced.shapes, _trace.as_abstract(inputs), apply_fn, ties, equal_blocks)
+
+
+def _rebuild_problems(info, traced, modules, blind) -> tuple[str, ...]:
+  """Reasons pruning could not rebuild a layer whose leaves this family cuts (or sees)."""
+  keys = set(info.members) | {d[:2] for d in info.dependents + info.flat_dependents}
+  out = [why for width, why in blind if info.unit_split and info.size == width]
+  for leaf, axis in sorted(keys):
+    path = traced.paths[leaf]
+    mpath, m = _layers.owner(modules, path)
+    why = _layers.cut_problem(mpath, m, path.rsplit("/", 1)[-1], traced.shapes[leaf][axis])
+    if why:
+      out.append(why)
+  return tuple(dict.fromkeys(out))
+
+
+def _constraints(result, names):
+  """Ties and equal blocks between grouped families (by family name)."""
+  ties = []
+  for items in result.ties:
+    named = tuple(None if it is None or it[0] not in names else (names[it[0]], it[1])
+                  for it in items)
+    if len({it for it in named if it is not None}) > 1 or (
+        None in named and any(it is not None for it in named)):
+      ties.append(named)
+  equal = tuple((names[root], g) for root, g in result.equal_blocks if root in names)
+  return tuple(ties), equal
 
 
 def zero_invariant_groups(model: nnx.Module, inputs, **kw):
