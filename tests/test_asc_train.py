@@ -403,3 +403,79 @@ def test_bad_data_is_reported_with_its_file(tmp_path, capsys):
                    "--no-progress"])
   err = capsys.readouterr().err
   assert code == 2 and "meta.csv:3" in err and "Traceback" not in err, err
+
+
+# ----------------------------------------------------------------------------- the grid
+
+
+def test_every_seed_table_config_builds_and_steps_in_smoke_form():
+  """Each cell's model and optimizer, shrunk by --smoke, takes one finite step."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  import hspg_jax.flax
+  import models
+  from experiments.asc import optim
+  from experiments.asc import step as step_lib
+  from experiments.configs import seed_tables
+
+  seen = set()
+  for table, column, row in seed_tables.cells():
+    path = REPO / "experiments" / "configs" / table / seed_tables.file_name(column, row)
+    cfg = config_lib.smoke(config_lib.load(path))
+    assert cfg.cell.table == table and cfg.cell.row == row and cfg.cell.column == column
+    assert cfg.train.epochs == 3 and cfg.optimizer.warmup_epochs == 1
+    full = config_lib.load(path)
+    assert (full.train.epochs, full.optimizer.warmup_epochs) == (350, 50)
+    assert (full.optimizer.learning_rate, full.optimizer.final_learning_rate) == (1e-4, 5e-6)
+    # One step per model (the two tables share them); the HSPG cell where a model has one.
+    key = cfg.model.name
+    if key in seen or (cfg.optimizer.name == "base" and any(
+        r.startswith("HSPG") for r in seed_tables.ROWS[column]) and row == "baseline"):
+      continue
+    seen.add(key)
+    model = models.get_model(cfg.model.name, 4, rngs=nnx.Rngs(0),
+                             **train_lib.model_kwargs(cfg))
+    graph = hspg_jax.flax.analyze_channels(model, (1, 24, 24, 2))
+    tx = optim.build(cfg, graph.spec, steps_per_epoch=2)
+    stepper = step_lib.Stepper(model, tx, "sharded", devices=jax.devices()[:1])
+    state = stepper.init_state(0)
+    rng = np.random.default_rng(0)
+    batch = {"features": rng.normal(size=(4, 24, 24, 2)).astype(np.float32),
+             "label": np.arange(4, dtype=np.int32), "weight": np.ones(4, np.float32)}
+    state, m = stepper.train_step(state, batch)
+    assert int(np.asarray(m["finite"].addressable_data(0))) == 1, key
+  assert seen == {"vgg", "densenet", "densenet_dn1", "cp_resnet", "cp_resnet_rn1",
+                  "cp_resnet_rn2", "cp_resnet_rn3"}
+
+
+def test_grid_lists_runs_and_resumes_without_redoing_finished_cells(tiny, tiny_data, tmp_path,
+                                                                    capsys):
+  del tiny_data  # features cached
+  root, cache = tiny
+  from experiments.asc import grid
+
+  os.environ["HSPG_CACHE_DIR"] = str(cache)
+  argv = ["grid", "--data", str(root), "--runs", str(tmp_path / "g"), "--smoke",
+          "--only", "resnet_rn1", "--only", "vgg_hspg_1e-3", "--seeds", "2", "--no-progress",
+          "data.features=logmel", "data.n_mels=32", "train.batch_size=8",
+          "train.eval_batch_size=8", "data.workers=1"]
+  assert cli.main(argv + ["--list"]) == 0
+  listing = capsys.readouterr().out.splitlines()
+  assert len(listing) == 4 and all("missing" in line for line in listing)
+  # An "interrupted" grid: one run finished, then the whole grid is run.
+  args = cli._parser().parse_args(argv)  # pylint: disable=protected-access
+  jobs = grid.plan(args)
+  name, cfg, run_dir = jobs[0]
+  train_lib.train(cfg, run_dir, progress=False)
+  first = (run_dir / "summary.json").stat().st_mtime_ns
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "4 runs, 1 finished, 3 to run" in out
+  assert (run_dir / "summary.json").stat().st_mtime_ns == first  # not redone
+  assert cli.main(argv + ["--list"]) == 0
+  assert all("finished" in line for line in capsys.readouterr().out.splitlines())
+  # And the table over the grid: two seeds per cell.
+  assert cli.main(["table", str(tmp_path / "g"), "--out", str(tmp_path / "t")]) == 0
+  text = (tmp_path / "t" / "table.md").read_text()
+  assert "RN1" in text and "HSPG 1e-3" in text

@@ -22,7 +22,7 @@ from flax import nnx
 
 import models
 from hspg_jax import groups as groups_lib
-from hspg_jax.flax.prune import _sync_sizes  # pylint: disable=protected-access
+import hspg_jax.flax
 
 __all__ = ["save", "load", "ExportedModel"]
 
@@ -101,8 +101,7 @@ def load(directory) -> ExportedModel:
     weights = ckpt.restore(directory / "weights", target)
   nnx.replace_by_pure_dict(params_stats, jax.tree.map(jnp.asarray, weights))
   rest = jax.tree.map(_concrete, rest)
-  model = nnx.merge(gd, params_stats, rest)
-  _sync_sizes(model)
+  model = hspg_jax.flax.with_state(gd, params_stats, rest)
   norm = None
   if (directory / "norm.npz").is_file():
     with np.load(directory / "norm.npz") as z:

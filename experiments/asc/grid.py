@@ -36,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser):
                       "reduced-scale protocol of the README")
   p.add_argument("--lambdas", metavar="L1,L2,...",
                  help="add HSPG rows for these lambdas (a sweep), e.g. 0,1e-4,3e-4,1e-3,3e-3")
+  p.add_argument("--label", metavar="NAME",
+                 help="the data set's name in reports and under --runs (default: the table, "
+                      "dcase2017/dcase2018, with --protocol seed; the folder name of --data "
+                      "with --protocol reduced; 'synthetic' for the synthetic set)")
   p.add_argument("--smoke", action="store_true", help="shrink every cell to a smoke run")
   p.add_argument("--runs", metavar="DIR", default="runs/grid",
                  help="where the run folders go (default runs/grid)")
@@ -86,26 +90,33 @@ def plan(args) -> list[tuple[str, object, Path]]:
       if (column, row) not in cells:
         cells.append((column, row))
   out = []
-  for column, row in cells:
+  # Seed-major: after the first pass every cell has one run (a table to look at).
+  for seed, (column, row) in ((s, cell) for s in range(args.seeds) for cell in cells):
     name = Path(seed_tables.file_name(column, row)).stem
     if args.only and not any(fnmatch.fnmatch(name, pat) for pat in args.only):
       continue
-    for seed in range(args.seeds):
-      cfg = _cell_config(seed_tables, table, column, row)
-      if args.protocol == "reduced":
-        seed_tables.reduced(cfg)
-      cfg.data.root = args.data
-      cfg.data.name = table if args.data != "synthetic" else "synthetic"
-      cfg.cell.table = cfg.data.name if args.data == "synthetic" else table
-      cfg.seed = seed
-      config_lib.apply_overrides(cfg, args.overrides or [])
-      if args.smoke:
-        cfg = config_lib.smoke(cfg)
-      config_lib.validate(cfg)
-      out.append((name, cfg, Path(args.runs) / cfg.cell.table / name / f"seed{seed}"))
+    cfg = _cell_config(seed_tables, table, column, row)
+    if args.protocol == "reduced":
+      seed_tables.reduced(cfg)
+    cfg.data.root = args.data
+    cfg.data.name = cfg.cell.table = _label(args, table)
+    cfg.seed = seed
+    config_lib.apply_overrides(cfg, args.overrides or [])
+    if args.smoke:
+      cfg = config_lib.smoke(cfg)
+    config_lib.validate(cfg)
+    out.append((name, cfg, Path(args.runs) / cfg.cell.table / name / f"seed{seed}"))
   if not out:
     raise config_lib.ConfigError(f"--only {args.only}: matches no cell of {table}")
   return out
+
+
+def _label(args, table: str) -> str:
+  if args.label:
+    return args.label
+  if args.data == "synthetic":
+    return "synthetic"
+  return table if args.protocol == "seed" else Path(args.data).expanduser().name
 
 
 def _cell_config(seed_tables, table, column, row):

@@ -532,7 +532,11 @@ def prune_and_export(run: Run, params, stats, workdir: Path, dense_pred=None, *,
   """Prunes the zero groups, checks predictions on the evaluate split, exports ``pruned/``."""
   del progress
   dense = live_model(run, params, stats)
-  small = hspg_jax.flax.prune(dense, run.graph)
+  try:
+    small = hspg_jax.flax.prune(dense, run.graph)  # checks itself on a probe input
+  except ValueError as e:
+    _say(f"WARNING: pruning failed its check, nothing exported: {e}")
+    return {"pruned_agrees": False, "prune_error": str(e)}
   small.eval()
   if dense_pred is None:
     dense_pred = np.argmax(predict(dense, run), -1)

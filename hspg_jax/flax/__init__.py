@@ -21,6 +21,7 @@ from hspg_jax.flax.prune import count_macs
 from hspg_jax.flax.prune import count_params
 from hspg_jax.flax.prune import prune
 from hspg_jax.flax.prune import prune_report
+from hspg_jax.flax.prune import with_state
 
 __all__ = [
     "ChannelFamily",
@@ -31,5 +32,6 @@ __all__ = [
     "count_params",
     "prune",
     "prune_report",
+    "with_state",
     "zero_invariant_groups",
 ]

@@ -37,7 +37,7 @@ from hspg_jax.flax import _layers
 from hspg_jax.flax import _trace
 from hspg_jax.flax.groups import ChannelGraph
 
-__all__ = ["PruneReport", "count_macs", "count_params", "prune", "prune_report"]
+__all__ = ["PruneReport", "count_macs", "count_params", "prune", "prune_report", "with_state"]
 
 
 def count_params(model: nnx.Module) -> int:
@@ -162,6 +162,28 @@ def _cut(model: nnx.Module, graph: ChannelGraph, remove) -> nnx.Module:
   small = nnx.merge(graphdef, jax.tree_util.tree_unflatten(treedef, leaves))
   _layers.sync_sizes(small)
   return small
+
+
+def with_state(graphdef, *states) -> nnx.Module:
+  """Merges ``graphdef`` with states whose leaves were cut as :func:`prune` cuts them.
+
+  Use it to rebuild a pruned model without the dense weights: take the graph
+  definition of the dense architecture (``nnx.eval_shape`` builds it without
+  initialising anything), and the saved pruned arrays; the layers' size
+  attributes (``in_features``, ``num_features``, ...) are updated to the arrays.
+
+  Example:
+    >>> from flax import nnx
+    >>> import jax.numpy as jnp, hspg_jax.flax
+    >>> abstract = nnx.eval_shape(lambda: nnx.Linear(4, 6, rngs=nnx.Rngs(0)))
+    >>> gd, _ = nnx.split(abstract)
+    >>> small = hspg_jax.flax.with_state(gd, {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros(2)})
+    >>> small.out_features, small(jnp.ones((1, 4))).shape
+    (2, (1, 2))
+  """
+  model = nnx.merge(graphdef, *states)
+  _layers.sync_sizes(model)
+  return model
 
 
 def _like(a: np.ndarray, x):
