@@ -94,6 +94,8 @@ def reduced(c, epochs: int = 21, warmup: int = 3):
   keeps the seed's ratio between the two HSPG rows.
   """
   c.model.width_mult = 0.125
+  c.train.batch_size = 8  # small sets: enough steps per epoch
+  c.train.eval_batch_size = 16
   c.train.epochs = epochs
   c.train.eval_every = 1
   c.optimizer.warmup_epochs = warmup
