@@ -240,7 +240,7 @@ def _param_paths(params) -> list[str]:
   return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
-def check_spec(groups, where: str = "groups") -> None:
+def check_spec(groups, where: str = "groups", hint: str = "") -> None:
   """Checks the type of a group spec before any params are seen (at construction).
 
   Raises:
@@ -258,7 +258,7 @@ def check_spec(groups, where: str = "groups") -> None:
     raise TypeError(
         f"{where}: a group spec leaf{at} must be None, an int axis or GroupAxis, got "
         f"{leaf!r} ({type(leaf).__name__}). Pass a spec pytree, GroupRules or "
-        "GroupStructure.")
+        f"GroupStructure.{' ' + hint if hint else ''}")
 
 
 def resolve(params, groups: GroupSpec) -> GroupStructure:

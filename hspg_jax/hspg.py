@@ -438,7 +438,7 @@ def hspg(
     raise ValueError(f"first_stage must be 'subgradient' or 'prox', got {first_stage!r}")
   _hparams.check_range("learning_rate", learning_rate, 0.0, hint=HSPG_SIGNATURE)
   _hparams.check_range("reg_strength", reg_strength, 0.0, hint=HSPG_SIGNATURE)
-  groups_lib.check_spec(groups, "hspg: groups")
+  groups_lib.check_spec(groups, "hspg: groups", hint=HSPG_SIGNATURE)
   _hparams.check_step("half_space_start", half_space_start, hint=HSPG_SIGNATURE)
   if momentum is not None:
     _hparams.check_range("momentum", momentum, 0.0, 1.0)
