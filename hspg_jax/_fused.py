@@ -1,35 +1,37 @@
-"""The HSPG step with an SGD base direction as one transform, at the memory-traffic floor.
+"""The HSPG step with an SGD base direction as one transform, near the memory-traffic floor.
 
 :func:`hspg_jax.hspg` returns this by default. It computes the same iterates as
 the chain ``add_group_lasso_subgradient -> momentum -> learning rate ->
 half_space_projection`` but reads the parameters, gradients and momentum buffer
 as few times as XLA allows. On CPU, XLA neither fuses a reduction with the
-elementwise work that consumes it nor produces two outputs from one loop, so
-a step is a set of per-group reductions followed by elementwise loops:
+elementwise work that consumes it nor produces two outputs from one loop, and
+it reduces an expression of several arrays much more slowly than one array.
+So, per group family:
 
-* ``||x_g||^2`` is computed once and shared by the subgradient and the
-  half-space test;
-* the trial point is never materialised: with ``v`` the step direction,
-  ``<x_hat_g, x_g> = ||x_g||^2 - lr * <v_g, x_g>`` and ``<v_g, x_g>`` follows
-  algebraically from one reduction of the old data (``<m + g, x>``);
-* the buffer is stored pre-scaled, ``m = mu * buf``, so that reduction needs
-  no scalar (XLA CPU would materialise the scalar's broadcast) and the new
-  parameters follow from the new buffer alone: ``x' = x - (lr / mu) * m'``;
-* ``jax.lax.optimization_barrier`` orders the reductions before the loops and
-  the buffer write before the parameter write, so that with donated buffers
-  XLA updates both in place instead of copying them.
+* ``||x_g||^2`` is computed once (one array) and shared by the subgradient and
+  the half-space test;
+* the trial point is never materialised: ``<x_hat_g, x_g> = ||x_g||^2 - lr *
+  <v_g, x_g>``, with ``<v_g, x_g>`` from one two-array reduction;
+* the new momentum buffer ``buf' = mu * buf + d`` is written first: it does
+  not depend on the test, and then ``<v_g, x_g> = <buf'_g, x_g>`` reads two
+  arrays instead of three (``buf``, ``g``, ``x``) and the new parameters
+  follow from the new buffer alone, ``x' = x - lr * buf'``;
+* ``jax.lax.optimization_barrier`` orders reductions before loops and the
+  buffer write before the parameter write, so that with donated buffers XLA
+  updates both in place instead of copying them, and families are processed
+  one after another so that a family's arrays are still in cache.
 
-Passes over parameter-sized arrays in the half-space stage: 6 without momentum
-(reads 1 + 2, loop 3) and 11 with momentum (reads 1 + 3, buffer loop 4,
-parameter loop 3); ``optax.sgd(momentum=0.9)`` makes 6. The first stage skips
-the ``<m + g, x>`` reduction (a ``lax.switch`` on the step).
+Passes over parameter-sized arrays per step: 6 without momentum (reductions
+read 1 + 2, the parameter loop 3) and 10 with momentum (1, buffer loop 4,
+reduction 2, parameter loop 3); ``optax.sgd(momentum=0.9)`` makes 6. Both
+stages make the same passes (the first stage computes the test and ignores it).
 
-Exact zero groups: squares are accumulated in float32, in which a nonzero
-float32 or bfloat16 group with all entries below about 1e-19 squares to 0.
-Such a group must not count as zero, so groups with ``||x_g||^2 == 0`` are
-checked with ``sum |x|`` inside a ``lax.cond``, which runs only when some group
-has a zero norm that this optimizer did not produce itself (the state records
-the groups it set to zero last step).
+Exact zero groups without an extra pass: a nonzero float32 or bfloat16 group
+whose entries are all below about 1e-19 has ``||x_g||^2 == 0`` in float32. A
+group counts as zero for the test only when its ``<., x_g>`` reductions vanish
+too, and even then the parameter loop keeps its nonzero entries (if any) out of
+the projection elementwise, so only entries that are exactly zero are set to
+zero on that ground.
 """
 
 from __future__ import annotations
@@ -48,16 +50,17 @@ from hspg_jax import prox as prox_lib
 
 __all__ = ["HSPGState", "hspg_fused"]
 
+f32 = groups_lib.promote  # float16/bfloat16 -> float32; wider dtypes unchanged
+
 
 class HSPGState(NamedTuple):
   """State of the fused :func:`hspg_jax.hspg`."""
 
   count: jax.Array  # int32 step counter
-  momentum: Any  # mu * heavy-ball buffer, like params (None without momentum)
-  zeroed: tuple  # per family, bool (G,): groups this optimizer set to zero last step
+  momentum: Any  # the heavy-ball buffer, like params (None without momentum)
 
 
-def _exact_zero_needed(dtype) -> bool:
+def _squares_may_underflow(dtype) -> bool:
   """Whether a nonzero entry of ``dtype`` can square to 0 in its accumulation dtype."""
   acc = groups_lib.accumulation_dtype(dtype)
   return float(jnp.finfo(dtype).tiny) ** 2 < float(jnp.finfo(acc).tiny)
@@ -69,173 +72,182 @@ def hspg_fused(learning_rate, reg_strength, groups, *, half_space_start, epsilon
   """The fused HSPG transform; arguments as :func:`hspg_jax.hspg` (already checked)."""
   has_m = momentum is not None
   restart = has_m and restart_momentum
-  mu_const = None if not has_m else _hparams._concrete(momentum)  # pylint: disable=protected-access
 
   def init_fn(params):
     structure = groups_lib.resolve(params, groups)
     hspg_lib.family_epsilons(epsilon, structure, None)
     buf = jax.tree.map(jnp.zeros_like, params) if has_m else None
-    zeroed = tuple(jnp.zeros(f.num_groups, bool) for f in structure.families)
-    return HSPGState(count=jnp.zeros([], jnp.int32), momentum=buf, zeroed=zeroed)
+    return HSPGState(count=jnp.zeros([], jnp.int32), momentum=buf)
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
     hspg_lib._require_params(params, "hspg")  # pylint: disable=protected-access
     structure = groups_lib.resolve(params, groups)
-    fams = structure.families
     x = jax.tree_util.tree_leaves(params)
     g, treedef = jax.tree_util.tree_flatten(updates)
     groups_lib.check_same_leaves(x, g)
     m = jax.tree_util.tree_leaves(state.momentum) if has_m else [None] * len(x)
 
     count = state.count
-    lr = _hparams.value_at(learning_rate, count)
-    lam = _hparams.clip(_hparams.value_at(reg_strength, count), 0.0, np.inf)
+    hp = _Hyper(
+        lr=_hparams.value_at(learning_rate, count),
+        lam=_hparams.clip(_hparams.value_at(reg_strength, count), 0.0, np.inf),
+        mu=_hparams.clip(momentum, 0.0, 1.0) if has_m else None,
+        half_space=count >= half_space_start,
+        # False at the restart step: the half-space stage starts a fresh buffer.
+        keep=(count != half_space_start) if restart else True,
+        upper=hspg_lib.cap_value(upper_group_sparsity))
+    step = _Step(hp, has_m=has_m, nesterov=nesterov, prox_first=prox_first)
+
+    new_u, new_m = list(g), list(m)
     eps = hspg_lib.family_epsilons(epsilon, structure, count)
-    upper = hspg_lib.cap_value(upper_group_sparsity)
-    mu = _hparams.clip(momentum, 0.0, 1.0) if has_m else None
-    half_space = count >= half_space_start
-    prox_stage = (~half_space) if prox_first else False
-    keep = (count != half_space_start) if restart else True  # False: fresh buffer now
-
-    f32 = groups_lib.promote
-
-    def fam_sum(fam, fn):
-      total = None
-      for mb in fam.members:
-        s = groups_lib.member_reduce(fn(mb.index), mb)
-        total = s if total is None else total + s
-      return total
-
-    # 1. ||x_g||^2 (one single-input reduction per leaf), the exact zero test and
-    #    the subgradient coefficients.
-    sq = [fam_sum(f, lambda i: jnp.square(f32(x[i]))) for f in fams]
-    zero = _exact_zeros(fams, x, sq, state.zeroed, fam_sum)
-    coefs = [jnp.where(z | prox_stage, 0.0, lam / (jnp.sqrt(s) + hspg_lib.NORM_EPS))
-             for s, z in zip(sq, zero)]
-    # Reductions before loops: lets XLA update the donated buffers in place.
-    coefs, x, g, m = jax.lax.optimization_barrier((coefs, x, g, m))
-
-    grouped = {mb.index: (k, mb) for k, f in enumerate(fams) for mb in f.members}
-
-    def expanded(vectors, i):
-      k, mb = grouped[i]
-      return groups_lib.expand(vectors[k], mb)
-
-    def direction(i):  # d = g + c * x (g for ungrouped leaves)
-      d = f32(g[i])
-      return d + expanded(coefs, i) * f32(x[i]) if i in grouped else d
-
-    # 2. The buffer loop, m' = mu * (keep * m + d): it does not depend on the
-    #    half-space test, so the test can read m' (two inputs) instead of m, g
-    #    and x (three; XLA CPU reduces several inputs far slower than one).
-    new_m = list(m)
-    if has_m:
-      for i in range(len(x)):
-        old = f32(m[i]) if not restart else jnp.where(keep, f32(m[i]), 0.0)
-        new_m[i] = (mu * (old + direction(i))).astype(m[i].dtype)
-      # Materialise m' before the reductions and the parameter loop read it
-      # (else XLA recomputes it there from the old buffer, which it must copy).
-      new_m, x = jax.lax.optimization_barrier((new_m, x))
-
-    # 3. The stage's reductions (lax.switch: the first stage needs none unless
-    #    it is a Prox-SG stage). Each branch returns, per family,
-    #    R = <m', x>, G = <g, x> and T = ||x - lr * buf||^2 (prox only).
-    need_r = has_m
-    need_g = not has_m or nesterov or mu_const is None or float(mu_const) <= 0
-    no_vec = lambda: [jnp.zeros_like(s) for s in sq]  # noqa: E731
-
-    def buffer(i):  # buf = m' / mu, or d when there is no buffer (mu == 0)
-      if not has_m:
-        return direction(i)
-      positive = mu > 0
-      return jnp.where(positive, f32(new_m[i]) / jnp.where(positive, mu, 1.0), direction(i))
-
-    def first_stage():
-      if not prox_first:
-        return no_vec(), no_vec(), no_vec()
-      # lr is a traced scalar: XLA materialises its broadcast, a cost confined
-      # to the Prox-SG first stage.
-      trial = [fam_sum(f, lambda i: jnp.square(f32(x[i]) - lr * buffer(i))) for f in fams]
-      return no_vec(), no_vec(), trial
-
-    def half_space_step():
-      r = [fam_sum(f, lambda i: f32(new_m[i]) * f32(x[i])) for f in fams] if need_r else no_vec()
-      gx = [fam_sum(f, lambda i: f32(g[i]) * f32(x[i])) for f in fams] if need_g else no_vec()
-      return r, gx, no_vec()
-
-    r, gx, trial = jax.lax.switch(half_space.astype(jnp.int32), [first_stage, half_space_step])
-    r, gx, trial, x, g, new_m = jax.lax.optimization_barrier((r, gx, trial, x, g, new_m))
-
-    # 4. Per-group scalars: <x_hat_g, x_g> = ||x_g||^2 - lr * <v_g, x_g>.
-    kills, scales = [], []
-    for f, s, z, c, r_f, g_f, t_f, e in zip(fams, sq, zero, coefs, r, gx, trial, eps):
-      d_x = g_f + c * s  # <d, x>
-      if not has_m:
-        v_x = d_x
-      elif nesterov:  # v = mu * buf + d = m' + d
-        v_x = r_f + d_x
-      elif mu_const is not None and float(mu_const) > 0:
-        v_x = r_f / mu  # v = buf = m' / mu
-      else:
-        positive = mu > 0
-        v_x = jnp.where(positive, r_f / jnp.where(positive, mu, 1.0), d_x)
-      kills.append(half_space & hspg_lib.half_space_kill(z, s, s - lr * v_x, e, upper))
-      if prox_first:
-        factor = prox_lib.block_soft_threshold_factor(t_f, lr * lam)
-        scales.append(jnp.where(prox_stage, factor, 1.0))
-
-    # 5. The parameter loop.
-    new_u = list(g)
-    for i in range(len(x)):
-      if not has_m:
-        step = lr * direction(i)
-      elif nesterov:
-        step = lr * (f32(new_m[i]) + direction(i))
-      elif mu_const is not None and float(mu_const) > 0:
-        step = (lr / mu) * f32(new_m[i])
-      else:
-        step = lr * buffer(i)
-      xi = f32(x[i])
-      u = -step
-      if i in grouped:
-        if prox_first:
-          factor = expanded(scales, i)
-          u = factor * u + (factor - 1.0) * xi  # 1: exactly -step; else target factor * x_hat
-        u = jnp.where(expanded(kills, i), -xi, u)
-      new_u[i] = u.astype(x[i].dtype)
+    # One family at a time: XLA then runs a family's reductions and loops back
+    # to back, while its arrays are still in cache.
+    for fam, e in zip(structure.families, eps):
+      idx = [mb.index for mb in fam.members]
+      xs, gs, ms = [x[i] for i in idx], [g[i] for i in idx], [m[i] for i in idx]
+      us, nms = step.family(fam.members, xs, gs, ms, e)
+      for k, i in enumerate(idx):
+        new_u[i], new_m[i] = us[k], nms[k]
+    grouped = {mb.index for f in structure.families for mb in f.members}
+    for i in range(len(x)):  # ungrouped leaves: SGD (with momentum)
+      if i not in grouped:
+        new_u[i], new_m[i] = step.ungrouped(x[i], g[i], m[i])
 
     new_state = HSPGState(
         count=optax.safe_int32_increment(count),
-        momentum=jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state.momentum),
-                                              new_m) if has_m else None,
-        zeroed=tuple(kills))
+        momentum=(jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(state.momentum),
+                                               new_m) if has_m else None))
     return jax.tree_util.tree_unflatten(treedef, new_u), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _exact_zeros(fams, x, sq, zeroed, fam_sum) -> list:
-  """``||x_g||^2 == 0``, confirmed with ``sum |x|`` where squares could underflow.
+class _Hyper(NamedTuple):
+  lr: Any
+  lam: Any
+  mu: Any
+  half_space: Any
+  keep: Any
+  upper: Any
 
-  Groups this optimizer zeroed last step (``zeroed``) are known to be zero; the
-  ``sum |x|`` pass runs (in a ``lax.cond``) only if another group has a zero
-  norm, which is rare.
-  """
-  zero = [s == 0 for s in sq]
-  risky = [k for k, f in enumerate(fams)
-           if any(_exact_zero_needed(x[mb.index].dtype) for mb in f.members)]
-  if not risky:
-    return zero
-  unknown = jnp.stack([jnp.any(zero[k] & ~zeroed[k]) for k in risky]).any()
 
-  def check():
-    return [fam_sum(fams[k], lambda i: jnp.abs(groups_lib.promote(x[i]))) == 0 for k in risky]
+class _Step:
+  """The per-family and per-leaf computations of one fused step."""
 
-  def trust():
-    return [jnp.ones(fams[k].num_groups, bool) for k in risky]
+  def __init__(self, hp: _Hyper, *, has_m, nesterov, prox_first):
+    self.hp, self.has_m, self.nesterov = hp, has_m, nesterov
+    self.prox_first = prox_first
+    self.prox_stage = (~hp.half_space) if prox_first else False
 
-  confirmed = jax.lax.cond(unknown, check, trust)
-  for k, ok in zip(risky, confirmed):
-    zero[k] = zero[k] & (zeroed[k] | ok)
-  return zero
+  def new_buffer(self, x, g, m, c):
+    """buf' = mu * keep * buf + d, d = g + c * x (c None: ungrouped, d = g)."""
+    hp = self.hp
+    old = f32(m) if hp.keep is True else jnp.where(hp.keep, f32(m), 0.0)
+    return (hp.mu * old + self.direction(x, g, c)).astype(m.dtype)
+
+  @staticmethod
+  def direction(x, g, c):
+    return f32(g) if c is None else f32(g) + c * f32(x)
+
+  def step(self, x, g, m_new, c):
+    """lr * v: the step before projection (v: the search direction)."""
+    hp = self.hp
+    if not self.has_m:
+      return hp.lr * self.direction(x, g, c)
+    if self.nesterov:  # v = mu * buf' + d
+      return hp.lr * (hp.mu * f32(m_new) + self.direction(x, g, c))
+    return hp.lr * f32(m_new)  # v = buf'
+
+  def ungrouped(self, x, g, m):
+    """(update, new buffer) of a leaf outside every group."""
+    m_new = None
+    if self.has_m:
+      m_new = self.new_buffer(x, g, m, None)
+      m_new, x = jax.lax.optimization_barrier((m_new, x))
+    return (-self.step(x, g, m_new, None)).astype(x.dtype), m_new
+
+  def family(self, members, xs, gs, ms, eps):
+    """(updates, new buffers) of one family's member leaves."""
+    hp, barrier = self.hp, jax.lax.optimization_barrier
+
+    def fam_sum(fn):
+      return sum(groups_lib.member_reduce(fn(k), mb) for k, mb in enumerate(members))
+
+    def coefficient(s):  # c = lambda / (||x_g|| + 1e-6); c * x = 0 in a zero group
+      c = hp.lam / (jnp.sqrt(s) + hspg_lib.NORM_EPS)
+      return jnp.where(self.prox_stage, 0.0, c) if self.prox_first else c
+
+    # 1. ||x_g||^2 (a single-input reduction), shared by the subgradient and the
+    #    half-space test.
+    s = fam_sum(lambda k: jnp.square(f32(xs[k])))
+
+    # 2. The buffer loop. buf' does not depend on the half-space test, so the
+    #    test reads buf' and x (two inputs) instead of buf, g and x: XLA CPU
+    #    reduces several inputs much more slowly than one.
+    nms, c = [None] * len(members), None
+    if self.has_m:
+      # Reductions before loops: lets XLA update the donated buffers in place.
+      c, xs, gs, ms = barrier((coefficient(s), xs, gs, ms))
+      nms = [self.new_buffer(xs[k], gs[k], ms[k], groups_lib.expand(c, mb))
+             for k, mb in enumerate(members)]
+      # Materialise buf' before the reductions and the parameter loop read it
+      # (else XLA recomputes it there from the old buffer, which it must copy).
+      nms, xs = barrier((nms, xs))
+
+    # 3. R = <buf', x>, G = <g, x> and, for a Prox-SG first stage, ||x_hat||^2.
+    zeros = jnp.zeros_like(s)
+    need_g = not self.has_m or self.nesterov
+    r = fam_sum(lambda k: f32(nms[k]) * f32(xs[k])) if self.has_m else zeros
+    gx = fam_sum(lambda k: f32(gs[k]) * f32(xs[k])) if need_g else zeros
+    trial = zeros
+    if self.prox_first:
+      c_now = c if c is not None else coefficient(s)
+      # lr is a traced scalar here, so XLA materialises its broadcast: a cost
+      # paid only with first_stage="prox".
+      trial = fam_sum(lambda k: jnp.square(f32(xs[k]) - self.step(
+          xs[k], gs[k], nms[k], groups_lib.expand(c_now, members[k]))))
+    s, r, gx, trial, xs, gs = barrier((s, r, gx, trial, xs, gs))
+    if c is None:
+      c = coefficient(s)
+
+    # 4. Per group: <x_hat, x> = ||x||^2 - lr * <v, x>, the test and the cap.
+    d_x = gx + c * s  # <d, x>
+    if not self.has_m:
+      v_x = d_x
+    elif self.nesterov:
+      v_x = hp.mu * r + d_x
+    else:
+      v_x = r
+    # Float32 squares of a nonzero float32/bfloat16 group can all underflow. A
+    # group whose reductions all vanish counts as zero here, and its nonzero
+    # entries, if any, are told apart elementwise below: exactly-zero groups
+    # stay zero, and no entry that is not zero is set to zero on that ground.
+    zero = (s == 0) & (r == 0) & (gx == 0)
+    kill = hp.half_space & hspg_lib.half_space_kill(zero, s, s - hp.lr * v_x, eps, hp.upper)
+    underflow = any(_squares_may_underflow(xi.dtype) for xi in xs)
+    # The per-group vectors the loops read, packed into one array that is
+    # materialised once: fused into the loops, XLA would recompute them for
+    # every element, and as separate arrays each would cost a small kernel.
+    rows = {"c": c, "kill": kill}
+    if underflow:
+      rows["zero"] = zero
+    if self.prox_first:
+      factor = prox_lib.block_soft_threshold_factor(trial, hp.lr * hp.lam)
+      rows["scale"] = jnp.where(self.prox_stage, factor, 1.0)
+    packed, xs = barrier((jnp.stack([v.astype(s.dtype) for v in rows.values()]), xs))
+    row = dict(zip(rows, packed))
+
+    # 5. The parameter loop.
+    us = []
+    for k, mb in enumerate(members):
+      xi = f32(xs[k])
+      u = -self.step(xs[k], gs[k], nms[k], groups_lib.expand(row["c"], mb))
+      if self.prox_first:
+        f = groups_lib.expand(row["scale"], mb)
+        u = f * u + (f - 1.0) * xi  # f == 1: exactly -step; else the target f * x_hat
+      killed = groups_lib.expand(row["kill"], mb) != 0
+      if underflow:
+        killed = killed & ~((groups_lib.expand(row["zero"], mb) != 0) & (xi != 0))
+      us.append(jnp.where(killed, -xi, u).astype(xs[k].dtype))
+    return us, nms

@@ -450,10 +450,27 @@ def check_same_leaves(params_leaves: Sequence, updates_leaves: Sequence):
         f"{len(params_leaves)} parameter leaves, or different shapes")
 
 
+def _canonical(x, member: Member):
+  """``x`` reshaped (a free bitcast) to ``(G, post)``, ``(pre, G)`` or ``(pre, G, post)``
+  with the reduced axes returned: XLA CPU reduces these forms about twice as fast
+  as the same reduction over several axes of a 4-D kernel."""
+  shape = member.shape
+  pre = int(np.prod(shape[:member.axis], dtype=np.int64))
+  post = int(np.prod(shape[member.axis + 1:], dtype=np.int64))
+  groups = shape[member.axis]
+  if pre == 1:
+    return x.reshape(groups, post), (1,)
+  if post == 1:
+    return x.reshape(pre, groups), (0,)
+  return x.reshape(pre, groups, post), (0, 2)
+
+
 def member_reduce(x, member: Member):
   """Sums ``x`` over every axis but the member's group axis -> shape ``(G,)``."""
-  axes = tuple(i for i in range(x.ndim) if i != member.axis)
-  return jnp.sum(x, axis=axes) if axes else x
+  if x.ndim <= 1:
+    return x
+  y, axes = _canonical(x, member)
+  return jnp.sum(y, axis=axes)
 
 
 def expand(vec, member: Member):
@@ -535,8 +552,10 @@ def family_norms(structure: GroupStructure, leaves: Sequence) -> list:
 
 def member_max(x, member: Member):
   """Max of ``x >= 0`` over every axis but the group axis -> ``(G,)`` (0 if empty)."""
-  axes = tuple(i for i in range(x.ndim) if i != member.axis)
-  return jnp.max(x, axis=axes, initial=0.0) if axes else x
+  if x.ndim <= 1:
+    return x
+  y, axes = _canonical(x, member)
+  return jnp.max(y, axis=axes, initial=0.0)
 
 
 def map_members(structure: GroupStructure, per_family: Sequence, fn, leaves: Sequence) -> list:

@@ -411,14 +411,12 @@ def hspg(
       gradients and buffer as few times as possible (default); ``False``
       builds the equivalent chain of :func:`add_group_lasso_subgradient`,
       ``optax`` momentum (wrapped in :func:`restart_at`), learning-rate
-      scaling and :func:`half_space_projection`. The state differs between
-      the two: the fused state (:class:`~hspg_jax.HSPGState`) stores
-      ``mu * buf``.
+      scaling and :func:`half_space_projection`. Their states differ (the
+      fused one is a :class:`~hspg_jax.HSPGState`).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``; works under
-    ``optax.inject_hyperparams`` (pass ``momentum`` in ``static_args`` to keep
-    the fastest path for it).
+    ``optax.inject_hyperparams``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, hspg_jax

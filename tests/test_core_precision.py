@@ -135,19 +135,16 @@ def test_single_tiny_entry_keeps_a_group_alive(fused):
   assert int(hspg_jax.num_zero_groups(out, {"w": 0})) == 1
 
 
-def test_fused_exact_zero_check_runs_and_known_zeros_are_trusted():
-  # A group that HSPG zeroed is recorded in the state; a tiny group is told
-  # apart from a zero one by the sum |x| check.
-  params = {"w": jnp.asarray([[1.0, 1.0], [1e-30, 0.0], [0.5, 0.5]], jnp.float32)}
-  grads = {"w": jnp.asarray([[0.0, 0.0], [0.0, 0.0], [10.0, 10.0]], jnp.float32)}
-  tx = hspg_jax.hspg(1.0, 0.0, {"w": 0}, half_space_start=0)
-  state = tx.init(params)
-  u, state = jax.jit(tx.update)(grads, state, params)
-  params = optax.apply_updates(params, u)
-  np.testing.assert_array_equal(state.zeroed[0], [False, False, True])
-  expected = np.asarray([[1.0, 1.0], [1e-30, 0.0], [0.0, 0.0]], np.float32)
-  np.testing.assert_array_equal(params["w"], expected)
-  u, state = jax.jit(tx.update)(zeros_like(params), state, params)
-  params = optax.apply_updates(params, u)
-  np.testing.assert_array_equal(params["w"], expected)
-  np.testing.assert_array_equal(state.zeroed[0], [False, False, True])
+@FUSED
+def test_half_space_step_on_groups_whose_squares_underflow(fused):
+  # float32 squares of 1e-30 underflow. Rows: ordinary, tiny with zero gradient,
+  # projected, zero with a gradient, tiny moving towards -x, tiny moving away.
+  w = np.asarray([[1.0, 1.0], [1e-30, 0.0], [0.5, 0.5], [0.0, 0.0], [1e-30, 1e-30],
+                  [1e-30, 1e-30]], np.float32)
+  grads = np.asarray([[0.0, 0.0], [0.0, 0.0], [10.0, 10.0], [1.0, 1.0], [1.0, 1.0],
+                      [-1.0, -1.0]], np.float32)
+  tx = hspg_jax.hspg(1.0, 0.0, {"w": 0}, half_space_start=0, fused=fused)
+  out = one_step(tx, {"w": jnp.asarray(w)}, {"w": jnp.asarray(grads)})["w"]
+  expected = np.asarray([[1.0, 1.0], [1e-30, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0],
+                         [1.0, 1.0]], np.float32)
+  np.testing.assert_array_equal(out, expected)
