@@ -21,6 +21,9 @@ one fused transform computing the same step in fewer passes over memory (see
 ``hspg_jax/_fused.py``), or, with ``fused=False``, the chain of the pieces above.
 :func:`restart_at` re-initialises a base direction's state (momentum, Adam
 moments) at the stage switch, as the reference does for its SGD momentum.
+
+Group reductions accumulate in float32 (or wider) whatever the leaf dtype, and a
+group is zero only when every entry is exactly zero.
 """
 
 from __future__ import annotations
