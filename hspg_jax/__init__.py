@@ -10,11 +10,14 @@ from hspg_jax.groups import GroupRules
 from hspg_jax.groups import GroupStructure
 from hspg_jax.groups import Member
 from hspg_jax.groups import resolve as resolve_groups
+from hspg_jax._fused import HSPGState
 from hspg_jax.hspg import GroupLassoState
 from hspg_jax.hspg import HalfSpaceState
+from hspg_jax.hspg import RestartState
 from hspg_jax.hspg import add_group_lasso_subgradient
 from hspg_jax.hspg import half_space_projection
 from hspg_jax.hspg import hspg
+from hspg_jax.hspg import restart_at
 from hspg_jax.metrics import group_mask_tree
 from hspg_jax.metrics import group_norms
 from hspg_jax.metrics import group_sparsity
@@ -37,8 +40,10 @@ __all__ = [
     "GroupProxState",
     "GroupRules",
     "GroupStructure",
+    "HSPGState",
     "HalfSpaceState",
     "Member",
+    "RestartState",
     "add_group_lasso_subgradient",
     "block_soft_threshold_factor",
     "group_mask_tree",
@@ -53,5 +58,6 @@ __all__ = [
     "omega",
     "prox_sg",
     "resolve_groups",
+    "restart_at",
     "zero_group_masks",
 ]

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -24,11 +25,20 @@ def _concrete(value):
     return None
 
 
-def check_range(name: str, hparam, low: float, high: float | None = None, *, closed_high=False):
+def _is_numeric(value) -> bool:
+  if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    return jnp.issubdtype(value.dtype, jnp.number)
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_range(name: str, hparam, low: float, high: float | None = None, *, closed_high=False,
+                hint: str = ""):
   """Raises ValueError unless ``low <= hparam`` and ``hparam < high`` (or ``<=``).
 
   Schedules are checked at step 0; traced values (inside ``inject_hyperparams``
-  under ``jit``) cannot be checked and pass through.
+  under ``jit``) cannot be checked here: see :func:`clip`. A value that is
+  neither a number nor a schedule raises TypeError (``hint`` is appended, e.g.
+  the call signature, because the usual cause is arguments in the wrong order).
   """
   value = hparam
   if callable(hparam):
@@ -36,6 +46,9 @@ def check_range(name: str, hparam, low: float, high: float | None = None, *, clo
       value = hparam(0)
     except Exception:  # pylint: disable=broad-except  # an exotic schedule: skip the check
       return
+  elif not isinstance(hparam, jax.core.Tracer) and not _is_numeric(hparam):
+    raise TypeError(f"{name} must be a number or a schedule, got {hparam!r} "
+                    f"({type(hparam).__name__}).{' ' + hint if hint else ''}")
   arr = _concrete(value)
   if arr is None:
     return
@@ -77,3 +90,24 @@ def per_family(name: str, hparam, family_names, low: float, high: float) -> list
           "(add '.*' for a default)"
       )
   return out
+
+
+def clip(value, low: float, high: float):
+  """``value`` clipped to ``[low, high]``: the guard for values checked only at run
+  time (schedules after step 0, hyperparameters changed under
+  ``inject_hyperparams``), where raising is impossible inside ``jit``.
+  """
+  return jnp.clip(value, low, high)
+
+
+def check_step(name: str, value, hint: str = "") -> None:
+  """Raises unless ``value`` is a non-negative integer step (traced values pass)."""
+  if isinstance(value, jax.core.Tracer):
+    return
+  if isinstance(value, (bool, np.bool_)) or not (
+      isinstance(value, (int, np.integer))
+      or (isinstance(value, (jax.Array, np.ndarray)) and value.ndim == 0
+          and jnp.issubdtype(value.dtype, jnp.integer))):
+    raise TypeError(f"{name} must be an int step, got {value!r}.{' ' + hint if hint else ''}")
+  if int(value) < 0:
+    raise ValueError(f"{name} must be >= 0, got {int(value)}")

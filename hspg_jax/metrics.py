@@ -18,15 +18,19 @@ __all__ = [
 
 
 def group_norms(params, groups) -> dict:
-  """``{family name: ||x_g||_2 for each group g}`` (float32 vectors)."""
+  """``{family name: ||x_g||_2 for each group g}`` (float32 vectors, or wider).
+
+  Accumulated in float32 whatever the leaf dtype, and scaled so that neither
+  tiny nor huge entries are lost; 0 only for groups that are exactly zero.
+  """
   structure = groups_lib.resolve(params, groups)
   leaves = jax.tree_util.tree_leaves(params)
-  sq = groups_lib.family_sq_norms(structure, leaves)
-  return {f.name: jnp.sqrt(s) for f, s in zip(structure.families, sq)}
+  norms = groups_lib.family_norms(structure, leaves)
+  return {f.name: n for f, n in zip(structure.families, norms)}
 
 
 def zero_group_masks(params, groups) -> dict:
-  """``{family name: bool vector}``, True where the whole group is exactly zero."""
+  """``{family name: bool vector}``, True where every entry of the group is exactly zero."""
   structure = groups_lib.resolve(params, groups)
   leaves = jax.tree_util.tree_leaves(params)
   sq = groups_lib.family_sq_norms(structure, leaves)

@@ -49,10 +49,13 @@ def cap(proj, zero, margin, upper):
 
 
 def hspg_run(x0, families, grad_fn, steps, lr, lam, eps, n_p, *, momentum=None,
-             upper=None, prox_first=False):
+             upper=None, prox_first=False, restart=True, nesterov=False):
   """Runs HSPG for ``steps`` steps; returns the list of iterates (after each step).
 
-  ``lr`` may be a function of the step; ``eps`` maps family name -> epsilon.
+  ``lr`` may be a function of the step; ``eps`` maps family name -> epsilon
+  (a number or a function of the step).
+  With ``restart`` the half-space stage starts from a fresh momentum buffer, as
+  in the reference, which keeps one buffer per stage.
   """
   x = {k: np.array(v, dtype=np.float64) for k, v in x0.items()}
   buf = None
@@ -70,8 +73,10 @@ def hspg_run(x0, families, grad_fn, steps, lr, lam, eps, n_p, *, momentum=None,
         sub[nz] = X[nz] / (norms[nz] + 1e-6)[:, None]
         unflat(d, members, flat(d, members) + lam * sub)
     if momentum is not None:
+      if restart and t == n_p:
+        buf = None
       buf = d if buf is None else {k: momentum * buf[k] + d[k] for k in d}
-      d = buf
+      d = {k: momentum * buf[k] + d[k] for k in d} if nesterov else buf
     x_hat = {k: x[k] - lr_t * d[k] for k in x}
     if t < n_p:
       if prox_first:
@@ -86,9 +91,10 @@ def hspg_run(x0, families, grad_fn, steps, lr, lam, eps, n_p, *, momentum=None,
         sq = np.sum(X * X, axis=1)
         dot = np.sum(XH * X, axis=1)
         zero = sq == 0
-        proj = (~zero) & (dot < eps[name] * sq)
+        eps_t = eps[name](t) if callable(eps[name]) else eps[name]
+        proj = (~zero) & (dot < eps_t * sq)
         if upper is not None:
-          margin = np.where(zero, 0, (dot - eps[name] * sq) / np.where(zero, 1, sq))
+          margin = np.where(zero, 0, (dot - eps_t * sq) / np.where(zero, 1, sq))
           proj = cap(proj, zero, margin, upper)
         XH[proj | zero] = 0.0
         unflat(x_hat, members, XH)

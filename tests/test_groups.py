@@ -192,8 +192,8 @@ def test_group_soft_threshold_pure_function():
                              [-1.0, 0.0, 2.0])
 
 
-def test_works_on_flax_nnx_state():
-  nnx = pytest.importorskip("flax.nnx")
+def conv_bn(nnx):
+  """An NNX conv (4 output channels, no bias) followed by a BatchNorm."""
 
   class ConvBN(nnx.Module):
 
@@ -201,7 +201,12 @@ def test_works_on_flax_nnx_state():
       self.conv = nnx.Conv(2, 4, (3, 3), use_bias=False, rngs=rngs)
       self.bn = nnx.BatchNorm(4, rngs=rngs)
 
-  params = nnx.state(ConvBN(nnx.Rngs(0)), nnx.Param)
+  return ConvBN(nnx.Rngs(0))
+
+
+def test_works_on_flax_nnx_state():
+  nnx = pytest.importorskip("flax.nnx")
+  params = nnx.state(conv_bn(nnx), nnx.Param)
   rules = GroupRules([(r"conv/kernel", GroupAxis(-1, "c")), (r"bn/(scale|bias)", GroupAxis(0, "c"))])
   structure = hspg_jax.resolve_groups(params, rules)
   assert [(f.name, f.num_groups, f.group_size) for f in structure.families] == [("c", 4, 20)]

@@ -111,27 +111,34 @@ def assert_same_run(jax_hist, np_hist, atol=2e-5):
       np.testing.assert_allclose(a[k], b[k], atol=atol, rtol=1e-4, err_msg=f"{k} at step {t}")
 
 
+BASE = dict(momentum=None, upper=None, prox_first=False, restart=True, nesterov=False)
 CASES = {
-    "plain": dict(momentum=None, upper=None, prox_first=False),
-    "momentum": dict(momentum=0.9, upper=None, prox_first=False),
-    "cap": dict(momentum=None, upper=0.35, prox_first=False),
-    "momentum_cap": dict(momentum=0.5, upper=0.25, prox_first=False),
-    "prox_first_stage": dict(momentum=None, upper=None, prox_first=True),
+    "plain": dict(BASE),
+    "momentum": dict(BASE, momentum=0.9),
+    "momentum_no_restart": dict(BASE, momentum=0.9, restart=False),
+    "nesterov": dict(BASE, momentum=0.5, nesterov=True),
+    "cap": dict(BASE, upper=0.35),
+    "momentum_cap": dict(BASE, momentum=0.5, upper=0.25),
+    "prox_first_stage": dict(BASE, prox_first=True),
+    "prox_first_stage_momentum": dict(BASE, prox_first=True, momentum=0.5),
 }
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "chain"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_matches_numpy_restatement(case):
+def test_matches_numpy_restatement(case, fused):
   opts = CASES[case]
   steps, n_p, lr, lam = 60, 20, 0.1, 0.4
   eps = {"c1": 0.0, "d": 0.5, "rows": 0.2}
   x0, np_grad, jax_grad = make_problem(seed=list(CASES).index(case), steps=steps)
   np_hist = ref.hspg_run(x0, FAMILIES, np_grad, steps, lr, lam, eps, n_p,
                          momentum=opts["momentum"], upper=opts["upper"],
-                         prox_first=opts["prox_first"])
+                         prox_first=opts["prox_first"], restart=opts["restart"],
+                         nesterov=opts["nesterov"])
   tx = hspg_jax.hspg(lr, lam, SPEC, half_space_start=n_p, epsilon=eps,
                      momentum=opts["momentum"], upper_group_sparsity=opts["upper"],
-                     first_stage="prox" if opts["prox_first"] else "subgradient")
+                     first_stage="prox" if opts["prox_first"] else "subgradient",
+                     restart_momentum=opts["restart"], nesterov=opts["nesterov"], fused=fused)
   jax_hist = run_jax(tx, x0, jax_grad, steps)
   assert_same_run(jax_hist, np_hist)
   # The run must exercise the half-space stage: groups were zeroed there.
@@ -140,24 +147,30 @@ def test_matches_numpy_restatement(case):
   if opts["upper"] is not None:
     # The cap must have bitten at least once: compare with the uncapped run.
     uncapped = ref.hspg_run(x0, FAMILIES, np_grad, steps, lr, lam, eps, n_p,
-                            momentum=opts["momentum"], prox_first=opts["prox_first"])
+                            momentum=opts["momentum"], prox_first=opts["prox_first"],
+                            restart=opts["restart"], nesterov=opts["nesterov"])
     assert any(zero_sets(a) != zero_sets(b) for a, b in zip(uncapped, np_hist))
 
 
-def test_learning_rate_schedule_matches_numpy():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "chain"])
+def test_learning_rate_schedule_matches_numpy(fused):
   steps, n_p, lam = 40, 10, 0.4
   sched = optax.linear_schedule(0.2, 0.02, steps)
   x0, np_grad, jax_grad = make_problem(seed=7, steps=steps)
   eps = {"c1": 0.1, "d": 0.1, "rows": 0.1}
-  np_hist = ref.hspg_run(x0, FAMILIES, np_grad, steps, lambda t: float(sched(t)), lam, eps, n_p)
-  tx = hspg_jax.hspg(sched, lam, SPEC, half_space_start=n_p, epsilon=0.1)
+  np_hist = ref.hspg_run(x0, FAMILIES, np_grad, steps, lambda t: float(sched(t)), lam, eps, n_p,
+                         momentum=0.9)
+  tx = hspg_jax.hspg(sched, lam, SPEC, half_space_start=n_p, epsilon=0.1, momentum=0.9,
+                     fused=fused)
   assert_same_run(run_jax(tx, x0, jax_grad, steps), np_hist)
 
 
-def test_eager_equals_jit():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "chain"])
+def test_eager_equals_jit(fused):
   steps = 30
   x0, _, jax_grad = make_problem(seed=3, steps=steps)
-  tx = hspg_jax.hspg(0.1, 0.4, SPEC, half_space_start=10, epsilon=0.3, momentum=0.9)
+  tx = hspg_jax.hspg(0.1, 0.4, SPEC, half_space_start=10, epsilon=0.3, momentum=0.9,
+                     fused=fused)
   eager = run_jax(tx, x0, jax_grad, steps, jit=False)
   jitted = run_jax(tx, x0, jax_grad, steps, jit=True)
   assert_same_run(eager, jitted, atol=1e-6)
@@ -230,11 +243,13 @@ def test_prox_sg_full_batch_reaches_group_lasso_optimum():
   assert np.sum(np.linalg.norm(W, axis=1) == 0) >= 2
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "chain"])
 @pytest.mark.parametrize("start", [0, 5])
-def test_zero_groups_stay_zero(start):
+def test_zero_groups_stay_zero(start, fused):
   steps = 80
   x0, _, jax_grad = make_problem(seed=5, steps=steps, noise=1.0)
-  tx = hspg_jax.hspg(0.1, 0.5, SPEC, half_space_start=start, epsilon=0.5, momentum=0.9)
+  tx = hspg_jax.hspg(0.1, 0.5, SPEC, half_space_start=start, epsilon=0.5, momentum=0.9,
+                     fused=fused)
   hist = run_jax(tx, x0, jax_grad, steps)
   seen = {name: set() for name, _ in FAMILIES}
   for t, x in enumerate(hist):
@@ -249,11 +264,12 @@ def test_zero_groups_stay_zero(start):
   assert sum(len(v) for v in seen.values()) > 0
 
 
-def test_first_stage_never_zeroes_a_group():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "chain"])
+def test_first_stage_never_zeroes_a_group(fused):
   steps = 100
   x0, _, jax_grad = make_problem(seed=9, steps=steps)
-  subgradient_only = hspg_jax.hspg(0.1, 2.0, SPEC, half_space_start=steps + 1)
-  with_half_space = hspg_jax.hspg(0.1, 2.0, SPEC, half_space_start=20)
+  subgradient_only = hspg_jax.hspg(0.1, 2.0, SPEC, half_space_start=steps + 1, fused=fused)
+  with_half_space = hspg_jax.hspg(0.1, 2.0, SPEC, half_space_start=20, fused=fused)
   first = run_jax(subgradient_only, x0, jax_grad, steps)
   assert all(sum(map(len, zero_sets(x).values())) == 0 for x in first)
   # The same lambda does zero groups once the half-space stage runs.
@@ -285,14 +301,16 @@ def test_composes_with_adam_base_direction():
   assert all(a <= b for a, b in zip(zeros, zeros[1:]))
 
 
-def test_inject_hyperparams_matches_plain_and_can_be_changed():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "chain"])
+def test_inject_hyperparams_matches_plain_and_can_be_changed(fused):
   steps = 30
   x0, _, jax_grad = make_problem(seed=4, steps=steps)
   sched = optax.cosine_decay_schedule(0.1, steps)
-  plain = hspg_jax.hspg(sched, 0.4, SPEC, half_space_start=10, epsilon=0.2, momentum=0.5)
+  plain = hspg_jax.hspg(sched, 0.4, SPEC, half_space_start=10, epsilon=0.2, momentum=0.5,
+                        fused=fused)
   injected = optax.inject_hyperparams(hspg_jax.hspg)(
       learning_rate=sched, reg_strength=0.4, groups=SPEC, half_space_start=10,
-      epsilon=0.2, momentum=0.5)
+      epsilon=0.2, momentum=0.5, fused=fused)
   assert_same_run(run_jax(injected, x0, jax_grad, steps), run_jax(plain, x0, jax_grad, steps),
                   atol=1e-6)
   # Hyperparameters live in the state and can be changed between steps.
@@ -306,10 +324,11 @@ def test_inject_hyperparams_matches_plain_and_can_be_changed():
     np.testing.assert_allclose(u[k], u_no_reg[k], rtol=1e-6)
 
 
-def test_apply_if_finite_skips_nan_batch():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "chain"])
+def test_apply_if_finite_skips_nan_batch(fused):
   steps = 6
   x0, _, jax_grad = make_problem(seed=6, steps=steps)
-  tx = optax.apply_if_finite(hspg_jax.hspg(0.1, 0.4, SPEC, half_space_start=0), 3)
+  tx = optax.apply_if_finite(hspg_jax.hspg(0.1, 0.4, SPEC, half_space_start=0, fused=fused), 3)
   params = {k: jnp.asarray(v) for k, v in x0.items()}
   state = tx.init(params)
   step = jax.jit(lambda g, s, p: tx.update(g, s, p))
@@ -326,10 +345,12 @@ def test_apply_if_finite_skips_nan_batch():
   assert int(state.notfinite_count) == 0
 
 
-def test_vmap_over_independent_problems():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "chain"])
+def test_vmap_over_independent_problems(fused):
   steps = 10
   problems = [make_problem(seed=s, steps=steps) for s in (20, 21)]
-  tx = hspg_jax.hspg(0.1, 0.6, SPEC, half_space_start=3, epsilon=0.4)
+  tx = hspg_jax.hspg(0.1, 0.6, SPEC, half_space_start=3, epsilon=0.4, momentum=0.9,
+                     fused=fused)
   singles = [run_jax(tx, x0, g, steps)[-1] for x0, _, g in problems]
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *[{k: jnp.asarray(v) for k, v in x0.items()}
                                                   for x0, _, _ in problems])

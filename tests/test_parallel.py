@@ -34,8 +34,9 @@ def local_loss(params, x, y):
   return 0.5 * jnp.mean(jnp.sum((x @ params["W"] + params["b"] - y) ** 2, axis=-1))
 
 
-def make_tx():
-  return hspg_jax.hspg(0.05, 0.3, GROUPS, half_space_start=10, epsilon=0.5, momentum=0.9)
+def make_tx(fused=True):
+  return hspg_jax.hspg(0.05, 0.3, GROUPS, half_space_start=10, epsilon=0.5, momentum=0.9,
+                       fused=fused)
 
 
 def run_single(tx, params, X, Y):
@@ -108,11 +109,12 @@ def run_shard_map(tx, params, X, Y):
   return params
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "chain"])
 @pytest.mark.parametrize("runner", [run_pmap, run_sharded_jit, run_shard_map])
-def test_data_parallel_matches_single_device(runner):
+def test_data_parallel_matches_single_device(runner, fused):
   params, X, Y = problem()
-  single = run_single(make_tx(), params, X, Y)
-  parallel = runner(make_tx(), params, X, Y)
+  single = run_single(make_tx(fused), params, X, Y)
+  parallel = runner(make_tx(fused), params, X, Y)
   zeros_single = np.linalg.norm(np.asarray(single["W"]), axis=1) == 0
   zeros_parallel = np.linalg.norm(np.asarray(parallel["W"]), axis=1) == 0
   assert zeros_single.sum() >= 2, "the run should zero some groups"
