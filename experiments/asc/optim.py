@@ -48,7 +48,9 @@ def build(cfg, groups, steps_per_epoch: int) -> optax.GradientTransformation:
   """The run's optimizer over ``groups`` (the model's group spec).
 
   * ``hspg`` + ``sgd``: :func:`hspg_jax.hspg` (the paper's optimizer);
-  * ``hspg`` + ``adam``: ``add_group_lasso_subgradient -> adam -> half_space_projection``;
+  * ``hspg`` + ``adam``: ``add_group_lasso_subgradient -> adam -> half_space_projection``
+    (Adam's moments are not restarted at the switch, as in the authors' Adam
+    variant; ``restart_momentum`` applies to the SGD direction);
   * ``proxsg``: :func:`hspg_jax.prox_sg`;
   * ``base``: the plain direction (dense baseline; lambda is ignored).
   """
@@ -58,7 +60,7 @@ def build(cfg, groups, steps_per_epoch: int) -> optax.GradientTransformation:
   if o.name == "hspg" and o.direction == "sgd":
     tx = hspg_jax.hspg(lr, o.reg_strength, groups, half_space_start=start,
                        epsilon=o.epsilon, momentum=o.momentum or None,
-                       **_restart_kw(o.restart_momentum))
+                       restart_momentum=o.restart_momentum)
   elif o.name == "hspg":
     tx = optax.chain(
         hspg_jax.add_group_lasso_subgradient(groups, o.reg_strength),
@@ -72,12 +74,3 @@ def build(cfg, groups, steps_per_epoch: int) -> optax.GradientTransformation:
   if o.weight_decay:
     tx = optax.chain(optax.add_decayed_weights(o.weight_decay), tx)
   return optax.apply_if_finite(tx, NEVER_GIVE_UP)
-
-
-def _restart_kw(restart: bool) -> dict:
-  """``restart_momentum`` where this hspg_jax has it (the stage-switch restart)."""
-  import inspect  # pylint: disable=g-import-not-at-top
-
-  if "restart_momentum" in inspect.signature(hspg_jax.hspg).parameters:
-    return {"restart_momentum": restart}
-  return {}
