@@ -38,7 +38,7 @@ def _add_train_args(p: argparse.ArgumentParser):
                  help="shrink the config to run in about a minute on CPU (tiny widths, "
                       "3 epochs of 4 steps, at most 64 clips per split)")
   p.add_argument("--overwrite", action="store_true",
-                 help="start over in a --workdir that holds a run with another config")
+                 help="start over in --workdir, deleting the run it holds (by default a run with the same config is resumed, and another config is refused)")
   p.add_argument("--no-progress", action="store_true", help="no progress bars")
   _add_distributed_args(p)
 

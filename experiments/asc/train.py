@@ -321,7 +321,7 @@ def train(cfg, workdir, *, overwrite: bool = False, progress: bool = True,
   n_dev = len(devices) if devices is not None else jax.device_count()
   config_lib.validate(cfg, device_count=n_dev)
   workdir = Path(workdir).absolute()
-  same = _check_folder(workdir, cfg, overwrite)
+  same = _check_folder(workdir, cfg, overwrite) and not overwrite  # --overwrite: start over
   if not same:
     _clear(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
