@@ -10,9 +10,9 @@ Measured in one run on freshly generated clips (DCASE2018-like by default: 10 s,
    cache ("cached").
 
 Each side is timed in alternating rounds (medians printed). The parallel time
-includes starting the process pool (the fork server that imports librosa starts
-once per process, in the first round), so it is what a user gets, not a
-steady-state best case. The load average is printed too: a shared machine slows
+includes starting the process pool in every round (one helper process imports
+librosa and forks the workers; see ``experiments.data.workers``), so it is what a
+user gets, not a steady-state best case. The load average is printed too: a shared machine slows
 everything.
 
     python -m benchmarks.features_throughput --help

@@ -272,7 +272,8 @@ def test_two_processes_match_one_process_on_two_devices(tiny, tiny_data, tmp_pat
   root, cache = tiny
   overrides = {"train.epochs": 1, "optimizer.warmup_epochs": 1, "train.max_steps_per_epoch": 2,
                "train.eval_recalibrate_batches": 0}
-  config = _config_file(tmp_path / "cfg.py", root, **overrides)
+  # The 2-process run goes all the way: recalibration, evaluation, pruning, export.
+  config = _config_file(tmp_path / "cfg.py", root, **overrides, **{"train.prune": True})
   cfg = tiny_config(root, **{**overrides, "train.prune": False})
   train_lib.train(cfg, tmp_path / "single", data=tiny_data, progress=False, finalize=False)
   port = _free_port()
@@ -289,6 +290,10 @@ def test_two_processes_match_one_process_on_two_devices(tiny, tiny_data, tmp_pat
   _, multi, _ = restore_last(tmp_path / "multi")
   for a, b in zip(jax.tree.leaves(single["params"]), jax.tree.leaves(multi["params"])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
+  assert summary["finished"] and summary["eval"]["num_examples"] == len(
+      tiny_data.sources["evaluate"])
+  assert (tmp_path / "multi" / "pruned" / "weights.npz").is_file()
   for a, b in zip(read_metrics(tmp_path / "single"), read_metrics(tmp_path / "multi")):
     assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
     assert a["eval_acc"] == pytest.approx(b["eval_acc"])

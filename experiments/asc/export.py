@@ -3,7 +3,9 @@
 ``pruned/`` holds ``model.json`` (the registered model name, its constructor
 arguments, the input shape, the class names, the feature parameters and the
 shape of every state leaf after pruning), ``norm.npz`` (the training split's
-normalisation statistics) and ``weights/`` (orbax). :func:`load` builds the
+normalisation statistics) and ``weights.npz`` (every weight and BatchNorm
+statistic by its state path: a small artifact that numpy alone reads, written
+by one process without any multi-host coordination). :func:`load` builds the
 dense architecture abstractly (no weights are initialised), cuts every leaf to
 the saved shape, loads the weights and fixes the layers' size attributes.
 """
@@ -17,7 +19,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 import models
@@ -48,8 +49,9 @@ def save(directory, model: nnx.Module, *, info: dict, norm=None) -> Path:
   (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
   if norm is not None:
     np.savez(tmp / "norm.npz", mean=norm.mean, std=norm.std, count=norm.count)
-  with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(tmp / "weights", jax.tree.map(np.asarray, keep))
+  flat = {groups_lib.path_str(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(keep)[0]}
+  np.savez(tmp / "weights.npz", **flat)
   shutil.rmtree(directory, ignore_errors=True)
   tmp.replace(directory)
   return directory
@@ -94,12 +96,18 @@ def load(directory) -> ExportedModel:
   abstract.eval()
   gd, params_stats, rest = nnx.split(abstract, (nnx.Param, nnx.BatchStat), ...)
   shapes = info["shapes"]
-  target = jax.tree_util.tree_map_with_path(
-      lambda p, x: jax.ShapeDtypeStruct(tuple(shapes[groups_lib.path_str(p)]), x.dtype),
-      params_stats.to_pure_dict())
-  with ocp.StandardCheckpointer() as ckpt:
-    weights = ckpt.restore(directory / "weights", target)
-  nnx.replace_by_pure_dict(params_stats, jax.tree.map(jnp.asarray, weights))
+  with np.load(directory / "weights.npz") as z:
+    saved = {k: z[k] for k in z.files}
+
+  def take(p, x):
+    key = groups_lib.path_str(p)
+    if key not in saved or tuple(saved[key].shape) != tuple(shapes[key]):
+      raise ValueError(f"{directory}/weights.npz: {key!r} is missing or not of shape "
+                       f"{tuple(shapes[key])}; the export is damaged")
+    return jnp.asarray(saved[key], x.dtype)
+
+  weights = jax.tree_util.tree_map_with_path(take, params_stats.to_pure_dict())
+  nnx.replace_by_pure_dict(params_stats, weights)
   rest = jax.tree.map(_concrete, rest)
   model = hspg_jax.flax.with_state(gd, params_stats, rest)
   norm = None

@@ -102,6 +102,19 @@ def _say(msg: str):
     tqdm.write(msg, file=sys.stdout)
 
 
+def _barrier(name: str, timeout_s: int = 1800):
+  """Waits for every process (multi-process runs), through jax.distributed's service.
+
+  The first collective of a run initialises gloo's context with a 30-s deadline;
+  processes that reach it far apart (data preparation, compilation on a loaded
+  machine) would fail there, so they meet here first.
+  """
+  if jax.process_count() > 1:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
+    distributed.global_state.client.wait_at_barrier(f"hspg-asc/{name}", timeout_s * 1000)
+
+
 def _gather(x) -> np.ndarray:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -338,6 +351,7 @@ def train(cfg, workdir, *, overwrite: bool = False, progress: bool = True,
     data = data_lib.load(cfg, progress=progress)
   run = build(cfg, data, devices=devices)
   stepper, graph = run.stepper, run.graph
+  _barrier("built")
   ckpts = ckpt_lib.Checkpoints(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
   restored = ckpts.restore(stepper.abstract_state(cfg.seed))
   if restored is None:
@@ -425,6 +439,7 @@ def train(cfg, workdir, *, overwrite: bool = False, progress: bool = True,
 
   if not finalize:
     return {}
+  _barrier("trained")
   summary = finish(run, state, workdir, progress=progress, best=meta)
   summary["wall_time_s"] = time.time() - t_start
   _write_json(summary_path, summary)
