@@ -99,7 +99,8 @@ def restore_last(run):
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_train_end_to_end_sparsifies_prunes_and_reports(tiny, tiny_data, tmp_path):
+def test_train_end_to_end_sparsifies_prunes_and_reports(tiny, tiny_data, tmp_path, capsys,
+                                                        monkeypatch):
   root, _ = tiny
   cfg = tiny_config(root)
   summary = train_lib.train(cfg, tmp_path / "run", data=tiny_data, progress=False)
@@ -135,6 +136,15 @@ def test_train_end_to_end_sparsifies_prunes_and_reports(tiny, tiny_data, tmp_pat
   # A finished run is not trained again.
   again = train_lib.train(cfg, tmp_path / "run", data=tiny_data, progress=False)
   assert again["eval"] == summary["eval"]
+  # `evaluate` and `prune` from the folder agree with what training reported.
+  monkeypatch.setenv("HSPG_CACHE_DIR", str(tiny[1]))
+  capsys.readouterr()
+  assert cli.main(["evaluate", str(tmp_path / "run"), "--which", "pruned", "--no-progress"]) == 0
+  assert cli.main(["evaluate", str(tmp_path / "run"), "--no-progress"]) == 0
+  assert cli.main(["prune", str(tmp_path / "run"), "--no-progress"]) == 0
+  out = capsys.readouterr().out
+  assert out.count(f"accuracy {100 * summary['eval']['accuracy']:.2f}%") == 2, out
+  assert "pruned predictions equal the dense model's" in out
 
 
 def test_recalibration_replaces_statistics_by_the_training_average(tiny, tiny_data):
@@ -160,6 +170,40 @@ def test_recalibration_replaces_statistics_by_the_training_average(tiny, tiny_da
     means.append(np.asarray(jnp.mean(y, axis=(0, 1, 2))))
   np.testing.assert_allclose(run.stepper.host(stats)["stem_bn"]["mean"], np.mean(means, 0),
                              rtol=1e-4, atol=1e-5)
+
+
+def test_mixup_batches_mix_each_clip_with_a_partner_of_the_global_batch():
+  from experiments.asc import data as data_lib
+
+  class Source:
+    labels = np.arange(8) % 4
+
+    def __len__(self):
+      return 8
+
+    def __getitem__(self, i):
+      return {"features": np.full((2, 3, 1), float(i), np.float32), "label": self.labels[i]}
+
+  order = data_lib.train_order(8, 4, seed=0, epoch=0)
+  whole = list(data_lib.Batches(Source(), None, order, mixup_alpha=0.4, mixup_seed=(0, 0),
+                                threads=0))
+  halves = [list(data_lib.Batches(Source(), None, order, process_index=p, process_count=2,
+                                  mixup_alpha=0.4, mixup_seed=(0, 0), threads=0))
+            for p in range(2)]
+  for k, b in enumerate(whole):
+    ids = order[k]
+    m = b["mix"]
+    assert np.all((m >= 0.5) & (m <= 1))
+    # Every feature value is m * own id + (1 - m) * partner id, the partner's label is label2.
+    partner = (b["features"][:, 0, 0, 0] - m * ids) / (1 - m + 1e-12)
+    for j in range(4):
+      if m[j] < 0.999:
+        assert round(float(partner[j])) in ids
+        assert b["label2"][j] == Source.labels[round(float(partner[j]))]
+    # Two processes see exactly the two halves of the same mixed global batch.
+    joined = {key: np.concatenate([halves[0][k][key], halves[1][k][key]]) for key in b}
+    for key in b:
+      np.testing.assert_array_equal(joined[key], b[key])
 
 
 # ----------------------------------------------------------------------------- data parallel
@@ -455,12 +499,12 @@ def test_every_seed_table_config_builds_and_steps_in_smoke_form():
 
 
 def test_grid_lists_runs_and_resumes_without_redoing_finished_cells(tiny, tiny_data, tmp_path,
-                                                                    capsys):
+                                                                    capsys, monkeypatch):
   del tiny_data  # features cached
   root, cache = tiny
   from experiments.asc import grid
 
-  os.environ["HSPG_CACHE_DIR"] = str(cache)
+  monkeypatch.setenv("HSPG_CACHE_DIR", str(cache))
   argv = ["grid", "--data", str(root), "--runs", str(tmp_path / "g"), "--smoke",
           "--only", "resnet_rn1", "--only", "vgg_hspg_1e-3", "--seeds", "2", "--no-progress",
           "data.features=logmel", "data.n_mels=32", "train.batch_size=8",

@@ -143,7 +143,7 @@ def test_layout_loads_and_is_split_by_recording(built, fake):
   assert set(data.classes) == {"rain", "wind", "birds"}
   ids = {split: {c.identifier for c in data.splits[split]} for split in ("train", "evaluate")}
   assert not ids["train"] & ids["evaluate"]
-  assert [c.path for c in data.splits["test"]] == [c.path for c in data.splits["evaluate"]]
+  assert [c.path for c in data.test_list] == [c.path for c in data.splits["evaluate"]]
   for cls in data.classes:  # every class heard on both sides
     for split in ("train", "evaluate"):
       assert any(c.label == cls for c in data.splits[split]), (cls, split)
