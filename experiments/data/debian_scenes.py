@@ -92,6 +92,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.data import _generated
+
 __all__ = [
     "CLASSES",
     "PACKAGES",
@@ -594,44 +596,16 @@ def _write_wav(path: Path, mono: np.ndarray) -> None:
   os.replace(tmp, path)
 
 
-def _complete(root: Path, manifest: dict) -> bool:
-  needed = ["meta.csv", "evaluation_setup/fold1_train.txt", "evaluation_setup/fold1_evaluate.txt",
-            "evaluation_setup/fold1_test.txt"]
-  if not all((root / p).is_file() for p in needed):
-    return False
-  return all((root / rel).is_file() and (root / rel).stat().st_size == size
-             for rel, size in manifest.get("files", {}).items())
-
-
-def _clear(root: Path) -> None:
-  """Removes what a debian-scenes set consists of (and nothing else)."""
-  for name in ("audio", "evaluation_setup", "licenses"):
-    shutil.rmtree(root / name, ignore_errors=True)
-  for name in ("meta.csv", MANIFEST, _IN_PROGRESS):
-    (root / name).unlink(missing_ok=True)
+_NEEDED = ("meta.csv", "evaluation_setup/fold1_train.txt", "evaluation_setup/fold1_evaluate.txt",
+           "evaluation_setup/fold1_test.txt")
 
 
 def _prepare_root(root: Path, want: dict, overwrite: bool) -> bool:
   """Returns True if ``root`` already holds this exact set (nothing to do)."""
-  manifest, marker = root / MANIFEST, root / _IN_PROGRESS
-  if manifest.exists():
-    have = json.loads(manifest.read_text())
-    if have.get("config") == want and _complete(root, have):
-      return True
-    if have.get("config") != want and not overwrite:
-      raise FileExistsError(f"{manifest}: holds a debian-scenes set built differently (other "
-                            "seed, sources or builder version); pass --overwrite or another "
-                            "--out")
-    _clear(root)
-  elif marker.exists():
-    if json.loads(marker.read_text()) != want:
-      if not overwrite:
-        raise FileExistsError(f"{marker}: an unfinished build with other settings; pass "
-                              "--overwrite or another --out")
-      _clear(root)
-  elif root.exists() and any(root.iterdir()):
-    raise FileExistsError(f"{root}: not empty and not a debian-scenes set; refusing to write")
-  return False
+  return _generated.claim(root, want, manifest=MANIFEST, marker=_IN_PROGRESS,
+                          what="debian-scenes set", needed=_NEEDED,
+                          dirs=("audio", "evaluation_setup", "licenses"),
+                          remedy=None if overwrite else "pass --overwrite or another --out")
 
 
 def assemble(out, sources: Sequence[Source], roots: Mapping[str, Path], *,

@@ -52,6 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.data import _generated
+
 __all__ = [
     "CLASSES",
     "SyntheticConfig",
@@ -384,23 +386,12 @@ def generate(root, config: SyntheticConfig = SyntheticConfig(), *, workers: int 
 
   root = Path(root).expanduser()
   want = config.to_dict()
-  manifest, marker = root / MANIFEST, root / _IN_PROGRESS
-  if manifest.exists():
-    have = json.loads(manifest.read_text())
-    if have.get("config") == want and _complete(root, have):
-      return root
-    if have.get("config") != want and not overwrite:
-      raise FileExistsError(f"{manifest}: holds a synthetic set with other parameters "
-                            f"({have.get('config')}); choose another root or pass overwrite=True")
-    _clear(root)
-  elif marker.exists():
-    if json.loads(marker.read_text()) != want:
-      if not overwrite:
-        raise FileExistsError(f"{marker}: an unfinished synthetic set with other parameters; "
-                              "choose another root or pass overwrite=True")
-      _clear(root)
-  elif root.exists() and any(root.iterdir()):
-    raise FileExistsError(f"{root}: not empty and not a synthetic data set; refusing to write")
+  marker = root / _IN_PROGRESS
+  if _generated.claim(root, want, manifest=MANIFEST, marker=_IN_PROGRESS, what="synthetic data set",
+                      remedy=None if overwrite else
+                      "choose another root or pass overwrite=True (--overwrite)",
+                      needed=_NEEDED, dirs=("audio", "evaluation_setup")):
+    return root
 
   (root / "audio").mkdir(parents=True, exist_ok=True)
   (root / "evaluation_setup").mkdir(exist_ok=True)
@@ -436,28 +427,12 @@ def generate(root, config: SyntheticConfig = SyntheticConfig(), *, workers: int 
   _write_text(setup / "fold1_test.txt", "\n".join(test) + "\n")
   files = {r["path"]: (root / r["path"]).stat().st_size for r in rows}
   # The manifest goes last: its presence means "complete".
-  _write_text(manifest, json.dumps({"config": want, "files": files}, indent=1, sort_keys=True))
+  _write_text(root / MANIFEST, json.dumps({"config": want, "files": files}, indent=1, sort_keys=True))
   marker.unlink(missing_ok=True)
   return root
 
 
-def _complete(root: Path, manifest: dict) -> bool:
-  needed = ["meta.csv", "evaluation_setup/fold1_train.txt", "evaluation_setup/fold1_evaluate.txt"]
-  if not all((root / p).is_file() for p in needed):
-    return False
-  for rel, size in manifest.get("files", {}).items():
-    p = root / rel
-    if not p.is_file() or p.stat().st_size != size:
-      return False
-  return True
-
-
-def _clear(root: Path) -> None:
-  """Removes what a synthetic set consists of (and nothing else)."""
-  shutil.rmtree(root / "audio", ignore_errors=True)
-  shutil.rmtree(root / "evaluation_setup", ignore_errors=True)
-  for name in ("meta.csv", MANIFEST, _IN_PROGRESS):
-    (root / name).unlink(missing_ok=True)
+_NEEDED = ("meta.csv", "evaluation_setup/fold1_train.txt", "evaluation_setup/fold1_evaluate.txt")
 
 
 def make_default(root=None, seed: int = 0, **overrides) -> Path:
