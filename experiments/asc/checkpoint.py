@@ -46,9 +46,6 @@ class Checkpoints:
     if best:
       self._save(self.best, step, state, meta)
 
-  def latest_step(self, which: str = "last") -> int | None:
-    return getattr(self, which).latest_step()
-
   def restore(self, abstract_state, which: str = "last", step: int | None = None):
     """``(state, meta)`` of the latest (or given) checkpoint, or None if there is none."""
     manager = getattr(self, which)

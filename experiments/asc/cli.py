@@ -15,8 +15,6 @@ or config field and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 

@@ -91,12 +91,10 @@ class Batches:
     global_row = row
     row = row[self.process_index * b:(self.process_index + 1) * b]
     items = [self.source[int(i)] if i >= 0 else None for i in row]
-    template = next(it for it in items if it is not None) if any(
-        i is not None for i in items) else self.source[0]
+    template = next((it for it in items if it is not None), None) or self.source[0]
     feats = np.stack([it["features"] if it is not None else np.zeros_like(template["features"])
                       for it in items]).astype(np.float32, copy=False)
-    if self.stats is not None:
-      feats = self.stats.apply(feats)
+    feats = self._normalize(feats)
     label = np.array([it["label"] if it is not None else 0 for it in items], np.int32)
     weight = (row >= 0).astype(np.float32)
     batch = {"features": feats, "label": label, "weight": weight}
@@ -110,16 +108,20 @@ class Batches:
       perm = rng.permutation(len(global_row))
       lo = self.process_index * b
       partner = global_row[perm[lo:lo + b]]
-      p_items = [self.source[int(i)] for i in partner]
-      p_feats = np.stack([it["features"] for it in p_items]).astype(np.float32, copy=False)
-      if self.stats is not None:
-        p_feats = self.stats.apply(p_feats)
+      # Partners in this process's slice were read above: read only the others.
+      read = {int(i): it for i, it in zip(row, items) if it is not None}
+      p_items = [read[int(i)] if int(i) in read else self.source[int(i)] for i in partner]
+      p_feats = self._normalize(
+          np.stack([it["features"] for it in p_items]).astype(np.float32, copy=False))
       m = mix[lo:lo + b]
       batch["features"] = (m[:, None, None, None] * feats
                            + (1 - m[:, None, None, None]) * p_feats).astype(np.float32)
       batch["label2"] = np.array([it["label"] for it in p_items], np.int32)
       batch["mix"] = m
     return batch
+
+  def _normalize(self, feats: np.ndarray) -> np.ndarray:
+    return feats if self.stats is None else self.stats.apply(feats)
 
   def __iter__(self) -> Iterator[dict]:
     steps = range(self.start, len(self.order))

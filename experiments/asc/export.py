@@ -25,7 +25,7 @@ import models
 from hspg_jax import groups as groups_lib
 import hspg_jax.flax
 
-__all__ = ["save", "load", "ExportedModel"]
+__all__ = ["save", "load", "forward", "ExportedModel"]
 
 
 def _leaf_paths(state) -> dict[str, tuple[int, ...]]:
@@ -57,20 +57,25 @@ def save(directory, model: nnx.Module, *, info: dict, norm=None) -> Path:
   return directory
 
 
+def forward(model: nnx.Module):
+  """``f(features) -> logits`` (numpy) of ``model`` as it is (eval mode), jitted once."""
+  gd, state = nnx.split(model)
+  jitted = jax.jit(lambda s, x: nnx.merge(gd, s)(x))
+  return lambda x: np.asarray(jitted(state, jnp.asarray(x, jnp.float32)))
+
+
 class ExportedModel:
   """A loaded export: ``model`` (eval mode), ``info`` (model.json) and ``norm``."""
 
   def __init__(self, model, info, norm):
     self.model, self.info, self.norm = model, info, norm
+    self._forward = forward(model)
 
   def predict(self, features: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Logits for un-normalised features ``(n, mel, frames, channels)``."""
     if self.norm is not None:
       features = (features - self.norm["mean"]) / self.norm["std"]
-    gd, state = nnx.split(self.model)
-    forward = jax.jit(lambda s, x: nnx.merge(gd, s)(x))
-    out = [np.asarray(forward(state, jnp.asarray(features[i:i + batch_size], jnp.float32)))
-           for i in range(0, len(features), batch_size)]
+    out = [self._forward(features[i:i + batch_size]) for i in range(0, len(features), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, self.info["n_classes"]), np.float32)
 
 

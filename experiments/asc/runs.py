@@ -60,10 +60,12 @@ def evaluate_run(run_dir, *, which: str = "last", data_root=None, split: str = "
       raise config_lib.ConfigError(f"--data: classes {data.classes} differ from the model's "
                                    f"{tuple(exported.info['classes'])}")
     source = data.sources[split]
-    feats = np.stack([source[i]["features"] for i in range(len(source))])
-    logits = exported.predict(feats)
-    ev = train_lib._scores(logits, np.asarray(source.labels), len(data.classes),  # pylint: disable=protected-access
-                           float("nan"))
+    # Batch by batch (a DCASE evaluate split does not fit in memory at once),
+    # un-normalised: the export carries its own statistics.
+    order = data_lib.eval_order(len(source), cfg.train.eval_batch_size)
+    logits = np.concatenate([exported.predict(b["features"]) for b in data_lib.Batches(
+        source, None, order, threads=cfg.train.loader_threads)])[:len(source)]
+    ev = train_lib.scores(logits, np.asarray(source.labels), len(data.classes), float("nan"))
     return _format_eval(f"{run_dir} pruned model, {split} split", ev, data.classes)
   run, state, meta = load_run(run_dir, which=which, data_root=data_root, progress=progress)
   stats = state.batch_stats
@@ -91,9 +93,7 @@ def prune_run(run_dir, *, which: str = "last", recalibrate: bool = True,
   if summary_path.exists():
     summary = json.loads(summary_path.read_text())
     summary.update(rep)
-    tmp = summary_path.with_name("summary.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-    tmp.replace(summary_path)
+    train_lib.write_json(summary_path, summary)
   return (f"params {p['dense']:,} -> {p['pruned']:,} ({p['dense'] / p['pruned']:.2f}x smaller), "
           f"MACs {m['dense']:,} -> {m['pruned']:,} ({m['dense'] / m['pruned']:.2f}x fewer)\n"
           + (f"pruned predictions equal the dense model's on the evaluate split; exported to "

@@ -31,7 +31,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["ModelDefs", "TrainState", "Stepper", "model_defs", "nonfinite_streak"]
+__all__ = ["ModelDefs", "TrainState", "Stepper", "model_defs"]
 
 AXIS = "data"
 
@@ -73,11 +73,10 @@ def model_defs(model: nnx.Module) -> tuple[ModelDefs, Any, Any]:
   """``(defs, params, batch_stats)`` of ``model`` (params and stats as pure dicts)."""
   model = nnx.clone(model)
   model.train()
-  gd_train, params, stats, rest = _split(model)
   bns = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
   for m in bns:
-    m.use_fast_variance = False
-  gd_train = _split(model)[0]
+    m.use_fast_variance = False  # two-pass variance: pmap and sharded jit agree to round-off
+  gd_train, params, stats, rest = _split(model)
   for m in bns:
     m.axis_name = AXIS
   gd_sync = _split(model)[0]
@@ -104,11 +103,6 @@ def merge(defs: ModelDefs, mode: str, params, stats) -> nnx.Module:
   p, s, rest = defs.templates
   return nnx.merge(getattr(defs, mode), _fill(p, params), _fill(s, stats),
                    jax.tree.map(lambda x: x, rest))
-
-
-def nonfinite_streak(opt_state) -> jax.Array:
-  """Consecutive non-finite steps (from ``optax.apply_if_finite``'s state)."""
-  return opt_state.notfinite_count
 
 
 def _cross_entropy(logits, batch):
@@ -185,7 +179,12 @@ class Stepper:
   def _update(self, state, grads, loss, new_stats, metrics):
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    # optax.apply_if_finite (which experiments.asc.optim always wraps around the
+    # optimizer) has already checked the gradients; reuse its verdict.
+    grads_finite = getattr(opt_state, "last_finite", None)
+    if grads_finite is None:
+      grads_finite = _all_finite(grads)
+    finite = jnp.isfinite(loss) & grads_finite
     stats = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_stats,
                          state.batch_stats)
     rng = jax.random.key_data(jax.random.split(jax.random.wrap_key_data(state.rng))[0])

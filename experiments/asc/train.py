@@ -34,7 +34,8 @@ from experiments.asc import export as export_lib
 from experiments.asc import optim
 from experiments.asc import step as step_lib
 
-__all__ = ["Run", "TrainingStopped", "build", "evaluate", "recalibrate", "train", "model_kwargs"]
+__all__ = ["Run", "TrainingStopped", "build", "evaluate", "model_kwargs", "recalibrate", "scores",
+           "train", "write_json"]
 
 # Fields that do not change results: a resumed run may differ in them.
 _NEUTRAL = ("data.workers", "train.loader_threads")
@@ -123,7 +124,8 @@ def _gather(x) -> np.ndarray:
   return np.asarray(x)
 
 
-def _write_json(path: Path, obj):
+def write_json(path: Path, obj):
+  """Writes ``obj`` to ``path`` atomically (process 0 only)."""
   if not _is_main():
     return
   tmp = path.with_name(path.name + ".tmp")
@@ -180,19 +182,15 @@ class EvalResult:
             "confusion": self.confusion, "num_examples": self.num_examples}
 
 
-def _eval_batches(run: Run, split: str, limit: int = 0, order=None):
-  source = run.data.sources[split]
-  cfg = run.cfg
-  order = data_lib.eval_order(len(source), cfg.train.eval_batch_size, limit) if order is None \
-      else order
-  return data_lib.Batches(source, run.data.stats, order, jax.process_index(),
-                          jax.process_count(), threads=cfg.train.loader_threads), len(source)
-
-
 def evaluate(run: Run, params, stats, split: str = "evaluate", *, progress: bool = False,
              desc: str = "evaluate") -> EvalResult:
   """Accuracy, loss, per-class accuracy and confusion matrix on ``split``."""
-  batches, n = _eval_batches(run, split)
+  source = run.data.sources[split]
+  n = len(source)
+  batches = data_lib.Batches(source, run.data.stats,
+                             data_lib.eval_order(n, run.cfg.train.eval_batch_size),
+                             jax.process_index(), jax.process_count(),
+                             threads=run.cfg.train.loader_threads)
   logits, losses = [], []
   for b in _progress(batches, len(batches), desc, progress):
     lg, ce = run.stepper.eval_batch(params, stats, b)
@@ -200,11 +198,11 @@ def evaluate(run: Run, params, stats, split: str = "evaluate", *, progress: bool
     losses.append(_gather(ce))
   logits = np.concatenate(logits)[:n]
   loss = float(np.sum(np.concatenate(losses)[:n]) / max(n, 1))
-  labels = np.asarray(run.data.sources[split].labels)[:n]
-  return _scores(logits, labels, len(run.data.classes), loss)
+  return scores(logits, np.asarray(source.labels), len(run.data.classes), loss)
 
 
-def _scores(logits, labels, n_classes, loss) -> EvalResult:
+def scores(logits, labels, n_classes, loss) -> EvalResult:
+  """Accuracy, per-class accuracy and confusion matrix of ``logits`` against ``labels``."""
   pred = np.argmax(logits, -1)
   confusion = np.zeros((n_classes, n_classes), np.int64)
   np.add.at(confusion, (labels, pred), 1)
@@ -375,6 +373,7 @@ def train(cfg, workdir, *, overwrite: bool = False, progress: bool = True,
 
   gb = cfg.train.batch_size
   n_train = len(data.sources["train"])
+  lr_at = optim.learning_rate_schedule(cfg, run.steps_per_epoch)
   streak = 0
   try:
     for epoch in range(meta["epoch"], cfg.train.epochs):
@@ -408,8 +407,7 @@ def train(cfg, workdir, *, overwrite: bool = False, progress: bool = True,
       params_host = stepper.host(state.params)
       record = {
           "epoch": epoch + 1, "step": int(stepper.host(state.step)),
-          "lr": float(optim.learning_rate_schedule(cfg, run.steps_per_epoch)(
-              (epoch + 1) * run.steps_per_epoch - 1)),
+          "lr": float(lr_at((epoch + 1) * run.steps_per_epoch - 1)),
           "stage": _stage(cfg, epoch),
           "train_loss": sums["loss"] / max(sums["steps"] - sums["skipped"], 1),
           "train_acc": sums["correct"] / max(sums["count"], 1),
@@ -442,7 +440,7 @@ def train(cfg, workdir, *, overwrite: bool = False, progress: bool = True,
   _barrier("trained")
   summary = finish(run, state, workdir, progress=progress, best=meta)
   summary["wall_time_s"] = time.time() - t_start
-  _write_json(summary_path, summary)
+  write_json(summary_path, summary)
   if _is_main():
     _report(workdir, summary)
   return summary
@@ -532,14 +530,11 @@ def live_model(run: Run, params, stats) -> nnx.Module:
 
 def predict(model: nnx.Module, run: Run, split: str = "evaluate") -> np.ndarray:
   """Logits of ``model`` (eval mode) on ``split``, on this process's default device."""
-  gd, state = nnx.split(model)
-  forward = jax.jit(lambda s, x: nnx.merge(gd, s)(x))
+  f = export_lib.forward(model)
   source = run.data.sources[split]
   order = data_lib.eval_order(len(source), run.cfg.train.eval_batch_size)
-  out = []
-  for b in data_lib.Batches(source, run.data.stats, order, threads=run.cfg.train.loader_threads):
-    out.append(np.asarray(forward(state, jnp.asarray(b["features"]))))
-  return np.concatenate(out)[:len(source)]
+  batches = data_lib.Batches(source, run.data.stats, order, threads=run.cfg.train.loader_threads)
+  return np.concatenate([f(b["features"]) for b in batches])[:len(source)]
 
 
 def prune_and_export(run: Run, params, stats, workdir: Path, dense_pred=None, *,
