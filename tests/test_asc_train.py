@@ -406,6 +406,13 @@ def test_bad_configs_are_rejected_before_data(tmp_path, capsys):
     config_lib.apply_overrides(cfg, ["optimizer.reg_strenght=1e-3"])
   with pytest.raises(config_lib.ConfigError, match="takes a float"):
     config_lib.apply_overrides(cfg, ["optimizer.reg_strength=fast"])
+  # Model keyword arguments: one at a time or as a dict.
+  config_lib.apply_overrides(cfg, ["model.kwargs.growth=8"])
+  assert cfg.model.kwargs.to_dict() == {"growth": 8}
+  config_lib.apply_overrides(cfg, ["model.kwargs={'growth': 16, 'layers': (2, 2, 2)}"])
+  assert cfg.model.kwargs.to_dict() == {"growth": 16, "layers": (2, 2, 2)}
+  with pytest.raises(config_lib.ConfigError, match="takes a dict"):
+    config_lib.apply_overrides(cfg, ["model.kwargs=3"])
   for override, valid in (("model.name=resnet50", "cp_resnet"),
                           ("optimizer.name=adamw", "hspg"),
                           ("optimizer.direction=rmsprop", "adam")):

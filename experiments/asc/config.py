@@ -205,8 +205,13 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides) -> ml_collections
     if ".".join(parents) == "model.kwargs":
       node[leaf] = value
       continue
-    if leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict) and \
-        name != "model.kwargs":
+    if name == "model.kwargs":
+      if not isinstance(value, dict):
+        raise ConfigError(f"override {item!r}: model.kwargs takes a dict, e.g. "
+                          "model.kwargs={'growth': 16}")
+      node[leaf] = ml_collections.ConfigDict(value, type_safe=False)
+      continue
+    if leaf not in node or isinstance(node[leaf], ml_collections.ConfigDict):
       raise ConfigError(f"override {item!r}: unknown field {name!r}{_suggest(name)}")
     old = node[leaf]
     if isinstance(old, bool) and not isinstance(value, bool):
