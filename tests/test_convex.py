@@ -106,6 +106,7 @@ def test_cli_quick_run_writes_results(tmp_path, capsys):
     assert r["zero_groups"] == pytest.approx(np.mean(per_seed["zero_groups"]))
     assert r["zero_groups_std"] == pytest.approx(np.std(per_seed["zero_groups"]))
     assert r["F_std"] == pytest.approx(np.std(per_seed["F"]))
+    assert 0 <= r["wrong_zeros"] <= r["zero_groups"]
     assert per_seed["grad_evals"] == [30 * 29] * 2 and r["grad_evals"] == 30 * 29
   for png in ("curves.png", "tradeoff.png"):
     assert (tmp_path / png).stat().st_size > 10_000
