@@ -513,7 +513,8 @@ class AscSynthetic:
     if key not in self._data:
       self._data[key] = data_lib.load(cfg, progress=progress)
     data = self._data[key]
-    summary = train_lib.train(cfg, workdir, overwrite=True, progress=progress, data=data)
+    # The folder is keyed by the setting hash: an interrupted run resumes from its checkpoint.
+    summary = train_lib.train(cfg, workdir, progress=progress, data=data)
     run = train_lib.build(cfg, data)
     ckpts = ckpt_lib.Checkpoints(pathlib.Path(workdir) / "checkpoints")
     try:
@@ -823,7 +824,9 @@ def plot_tradeoff(summary: dict, path: pathlib.Path):
       ax.plot([0.0], [p["optimum"]["zero_groups"]], "k*", ms=12, label="optimum (float64)")
     ax.set_xlabel("F / F* - 1 (%)" if use_gap else "final F")
     total = p["totals"].get("num_groups")
-    ax.set_ylabel(f"zero groups (of {total})" if total else "zero groups")
+    what = "zero elements (one group each)" if PROBLEMS[prob].regulariser == "l1" else \
+        "zero groups"
+    ax.set_ylabel(f"{what} (of {total})" if total else what)
     ax.set_title(prob)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

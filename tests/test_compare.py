@@ -162,3 +162,64 @@ def test_bad_arguments_name_the_option(argv, flag, capsys):
     compare.parse_args(argv)
   assert e.value.code == 2
   assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_builders_call_the_agreed_signatures():
+  """Each registry entry calls its factory as I11_COMMON.md agrees (recorded, not run)."""
+  calls = {}
+
+  def recorder(name):
+    def factory(*args, **kwargs):
+      calls[name] = (args, kwargs)
+    return factory
+
+  problem = compare.PROBLEMS["digits-group"]
+  base = {k: v for k, (v, _) in compare.PROBLEM_DEFAULTS["digits-group"].items()}
+  for name, method in compare.METHODS.items():
+    hp = {**base, **compare.method_defaults(name, "digits-group")}
+    method.build(recorder(name), problem, 0.1, 29, hp)
+  g = problem.groups
+  assert calls["proxsg"] == ((0.1, 0.01, g), {"momentum": None})
+  assert calls["admm"] == ((0.1, 0.01, g), {"rho": 1.0, "momentum": None})
+  assert calls["obproxsg"] == ((0.1, 0.01, g), {"prox_steps": 30 * 29, "orthant_steps": None,
+                                                "momentum": None})
+  assert calls["hspg"] == ((0.1, 0.01, g), {"epsilon": 0.0, "half_space_start": 50 * 29,
+                                            "momentum": None})
+  assert calls["dhspg"] == ((0.1, 0.5625, g), {"direction": "sgd", "momentum": None,
+                                               "reg_strength": None, "partition_step": 50 * 29})
+  assert calls["hierarchical"] == ((0.1, 0.01, 0.001, g), {"half_space_start": 50 * 29,
+                                                           "epsilon": 0.0, "momentum": None})
+
+
+def test_admm_reports_the_sparsity_of_z(tmp_path, monkeypatch):
+  """A stand-in ADMM (Prox-SG whose state also carries z = x with row 0 zeroed)."""
+  import optax
+  from typing import NamedTuple
+
+  class FakeState(NamedTuple):
+    inner: object
+    z: object
+
+  def fake_admm(learning_rate, reg_strength, groups, *, rho, momentum=None):
+    inner = hspg_jax.prox_sg(learning_rate, reg_strength, groups, momentum=momentum)
+
+    def update(u, state, params=None):
+      u, s = inner.update(u, state.inner, params)
+      new = optax.apply_updates(params, u)
+      return u, FakeState(s, {"W": new["W"].at[0].set(0.0), "b": new["b"]})
+
+    return optax.GradientTransformation(
+        lambda p: FakeState(inner.init(p), p), update)
+
+  monkeypatch.setattr(hspg_jax, "admm", fake_admm, raising=False)
+  argv = TINY[:3] + ["1"] + TINY[4:] + ["--methods", "admm", "--out", str(tmp_path)]
+  assert compare.main(argv) == 0
+  (r,) = _results(tmp_path, "digits-group")
+  W = np.asarray(r["params"]["W"])
+  zW = W.copy()
+  zW[0] = 0.0
+  m = r["metrics"]
+  assert m["zero_groups"] == int(np.sum(np.all(W == 0, axis=1)))
+  assert m["z_zero_groups"] == int(np.sum(np.all(zW == 0, axis=1)))
+  X, y = convex.load_digits()
+  assert m["z_F"] == pytest.approx(convex.objective(zW, np.asarray(r["params"]["b"]), X, y, LAM))
