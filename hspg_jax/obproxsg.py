@@ -52,12 +52,16 @@ def orthant_target(x, u):
   return (target - xi).astype(u.dtype)
 
 
-def _schedule(prox_steps: int, orthant_steps: int | None):
-  """``count -> True`` on the orthant steps of the two OBProx-SG schedules."""
+def _schedule(prox_steps, orthant_steps):
+  """``count -> True`` on the orthant steps of the two OBProx-SG schedules.
+
+  The step counts may be traced (``optax.inject_hyperparams`` turns them into
+  hyperparameters unless they are listed in its ``static_args``).
+  """
   if orthant_steps is None:
     return lambda count: count >= prox_steps
-  period = prox_steps + orthant_steps
-  return lambda count: (count % period) >= prox_steps
+  # The guard only matters for traced counts; concrete ones are checked > 0.
+  return lambda count: (count % jnp.maximum(prox_steps + orthant_steps, 1)) >= prox_steps
 
 
 def _orthant_or_prox(groups, threshold, is_orthant) -> optax.GradientTransformationExtraArgs:
@@ -202,10 +206,11 @@ def obprox_sg(
   _hparams.check_step("prox_steps", prox_steps, hint=OBPROX_SIGNATURE)
   if orthant_steps is not None:
     _hparams.check_step("orthant_steps", orthant_steps, hint=OBPROX_SIGNATURE)
-    if int(prox_steps) + int(orthant_steps) == 0:
+    if not isinstance(prox_steps + orthant_steps, jax.core.Tracer) and (
+        prox_steps + orthant_steps == 0):
       raise ValueError("obprox_sg: prox_steps + orthant_steps must be > 0 (a block of "
                        "zero steps); use orthant_steps=None for orthant steps only")
-  is_orthant = _schedule(int(prox_steps), None if orthant_steps is None else int(orthant_steps))
+  is_orthant = _schedule(prox_steps, orthant_steps)
   return optax.chain(
       _orthant_direction(groups, reg_strength, is_orthant),
       optax.sgd(learning_rate, momentum=momentum),
