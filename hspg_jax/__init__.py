@@ -1,4 +1,4 @@
-"""hspg-jax: group-sparsity optimizers (HSPG, Prox-SG) as Optax transforms.
+"""hspg-jax: group-sparsity optimizers (HSPG, Prox-SG, ADMM, OBProx-SG) as Optax transforms.
 
 The core imports only jax, optax and numpy. Flax integration lives in
 ``hspg_jax.flax`` and is imported on demand.
