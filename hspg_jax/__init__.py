@@ -11,6 +11,8 @@ from hspg_jax.groups import GroupStructure
 from hspg_jax.groups import Member
 from hspg_jax.groups import resolve as resolve_groups
 from hspg_jax._fused import HSPGState
+from hspg_jax.dhspg import DHSPGState
+from hspg_jax.dhspg import dhspg
 from hspg_jax.hspg import GroupLassoState
 from hspg_jax.hspg import HalfSpaceState
 from hspg_jax.hspg import RestartState
@@ -18,6 +20,8 @@ from hspg_jax.hspg import add_group_lasso_subgradient
 from hspg_jax.hspg import half_space_projection
 from hspg_jax.hspg import hspg
 from hspg_jax.hspg import restart_at
+from hspg_jax.hierarchical import HierarchicalState
+from hspg_jax.hierarchical import hierarchical_hspg
 from hspg_jax.metrics import group_mask_tree
 from hspg_jax.metrics import group_norms
 from hspg_jax.metrics import group_sparsity
@@ -34,6 +38,7 @@ from hspg_jax.proxsg import prox_sg
 __version__ = "0.1.0"
 
 __all__ = [
+    "DHSPGState",
     "Family",
     "GroupAxis",
     "GroupLassoState",
@@ -42,16 +47,19 @@ __all__ = [
     "GroupStructure",
     "HSPGState",
     "HalfSpaceState",
+    "HierarchicalState",
     "Member",
     "RestartState",
     "add_group_lasso_subgradient",
     "block_soft_threshold_factor",
+    "dhspg",
     "group_mask_tree",
     "group_norms",
     "group_prox",
     "group_soft_threshold",
     "group_sparsity",
     "half_space_projection",
+    "hierarchical_hspg",
     "hspg",
     "l1_soft_threshold",
     "num_zero_groups",
