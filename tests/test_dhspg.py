@@ -115,9 +115,7 @@ def zero_count(x):
 CASES = {
     "sgd": dict(direction="sgd", lr=0.2, lam=0.3, eps=0.7),
     "sgd_momentum": dict(direction="sgd", lr=0.2, momentum=0.5, lam=1.0, eps=0.5),
-    "sgd_defaults": dict(direction="sgd", lr=0.2, eps=0.9),
     "adam": dict(direction="adam", lr=0.2, lam=1.0, eps=0.5),
-    "adam_b1": dict(direction="adam", lr=0.2, momentum=0.5, lam=1.0, eps=0.7),
     "adam_defaults": dict(direction="adam", lr=0.2, eps=0.9),
 }
 
