@@ -142,12 +142,14 @@ def dhspg(
   ``target - params`` and ``optax.apply_updates`` lands exactly on zero.
 
   Differences from the reference code, on purpose: the sparsity test is exact
-  (``#zero groups >= target * G``; the reference divides by ``G + 6e-6`` in
-  float32 and so needs one more zero group when ``target * G`` is an integer);
-  the Adam direction is ``optax.scale_by_adam`` (the reference starts its
-  first moment at ``g`` instead of 0 and then still divides by ``1 - b1``,
-  inflating the first steps by up to 10x); there is no weight decay (chain
-  ``optax.add_decayed_weights`` before it for the reference's L2 variant).
+  (``#zero groups >= target * G``; the reference adds 1e-6 per group type to
+  ``G`` in float32, so it can need one more zero group when ``target * G`` is
+  an integer); the Adam direction is ``optax.scale_by_adam`` (the reference
+  starts its moment buffers at ``g`` and ``g^2`` rather than 0 yet still
+  divides by the bias corrections, so its first Adam steps are about
+  ``10 / sqrt(1000) = 0.32`` times as long, the gap fading like ``b1^t``);
+  there is no weight decay (chain ``optax.add_decayed_weights`` before it for
+  the reference's L2 variant).
 
   Args:
     learning_rate: lr >= 0, float or optax schedule.
