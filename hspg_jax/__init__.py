@@ -14,6 +14,8 @@ from hspg_jax._fused import HSPGState
 from hspg_jax.admm import ADMMState
 from hspg_jax.admm import admm
 from hspg_jax.admm import admm_consensus
+from hspg_jax.dhspg import DHSPGState
+from hspg_jax.dhspg import dhspg
 from hspg_jax.hspg import GroupLassoState
 from hspg_jax.hspg import HalfSpaceState
 from hspg_jax.hspg import RestartState
@@ -21,6 +23,8 @@ from hspg_jax.hspg import add_group_lasso_subgradient
 from hspg_jax.hspg import half_space_projection
 from hspg_jax.hspg import hspg
 from hspg_jax.hspg import restart_at
+from hspg_jax.hierarchical import HierarchicalState
+from hspg_jax.hierarchical import hierarchical_hspg
 from hspg_jax.metrics import group_mask_tree
 from hspg_jax.metrics import group_norms
 from hspg_jax.metrics import group_sparsity
@@ -43,6 +47,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ADMMState",
+    "DHSPGState",
     "Family",
     "GroupAxis",
     "GroupLassoState",
@@ -51,6 +56,7 @@ __all__ = [
     "GroupStructure",
     "HSPGState",
     "HalfSpaceState",
+    "HierarchicalState",
     "Member",
     "OrthantDirectionState",
     "RestartState",
@@ -58,12 +64,14 @@ __all__ = [
     "admm",
     "admm_consensus",
     "block_soft_threshold_factor",
+    "dhspg",
     "group_mask_tree",
     "group_norms",
     "group_prox",
     "group_soft_threshold",
     "group_sparsity",
     "half_space_projection",
+    "hierarchical_hspg",
     "hspg",
     "l1_prox",
     "l1_soft_threshold",
