@@ -131,7 +131,7 @@ def dhspg(
     hat_coeff=None,
     tolerance=0.05,
     partition_step: int = 0,
-    epsilon: float | Mapping[str, float] = 0.0,
+    epsilon: float | Mapping[str, float] = 0.95,
 ) -> optax.GradientTransformationExtraArgs:
   """OTOv2's DHSPG: HSPG steered to a target group sparsity, no lambda tuning.
 
@@ -168,8 +168,8 @@ def dhspg(
     partition_step: the step at which groups are partitioned; earlier steps
       are plain base steps (warm-up).
     epsilon: half-space control in [0, 1): float or schedule, or ``{family
-      regex: float or schedule}``. The reference class defaults to 0, but
-      every one of its tutorials passes 0.95: a penalised group is then
+      regex: float or schedule}``; default 0.95. The reference class defaults
+      to 0, but every one of its tutorials passes 0.95: a penalised group is then
       projected as soon as a step shrinks it along itself by 5% of its norm,
       which is what lets the target be reached in a short run. With 0 the
       adaptive lambda alone must push a group across the origin, and it is

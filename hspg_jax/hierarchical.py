@@ -39,6 +39,7 @@ import optax
 
 from hspg_jax import _hparams
 from hspg_jax import groups as groups_lib
+from hspg_jax import obproxsg
 # Names, not the module: ``hspg_jax.hspg`` is also the name of the hspg() function.
 from hspg_jax.hspg import _require_params
 from hspg_jax.hspg import family_epsilons
@@ -56,14 +57,6 @@ class HierarchicalState(NamedTuple):
 
   count: jax.Array  # int32 step counter
   momentum: Any  # the heavy-ball buffer, like params (None without momentum)
-
-
-def _orthant_step(x, u):
-  """``u``, or ``-x`` (landing on 0) where ``x + u`` leaves the orthant of ``x``.
-
-  Private on purpose: OBProx-SG's orthant step may grow a shared helper.
-  """
-  return jnp.where((x + u) * jnp.sign(x) > 0, u, -x)
 
 
 def hierarchical_hspg(
@@ -168,7 +161,7 @@ def hierarchical_hspg(
 
     def project(m, kill):
       xi, ui = groups_lib.promote(x[m.index]), u[m.index]
-      projected = jnp.where(kill, -xi, _orthant_step(xi, ui))
+      projected = jnp.where(kill, -xi, obproxsg.orthant_target(xi, ui))
       return jnp.where(half_space, projected, ui)
 
     new_u = groups_lib.map_members(structure, kills, project, u)
