@@ -36,7 +36,11 @@ __all__ = [
     "validate",
 ]
 
-OPTIMIZERS = ("hspg", "proxsg", "base")
+# hspg_jax's optimizers by name (see experiments/asc/optim.py); "base" is the plain
+# direction without a regulariser (the dense baseline).
+OPTIMIZERS = ("hspg", "proxsg", "proxsg_l1", "admm", "obproxsg", "dhspg", "hierarchical", "base")
+# The ones whose steps are built on plain SGD (with momentum).
+SGD_ONLY = ("proxsg", "proxsg_l1", "admm", "obproxsg", "hierarchical")
 DIRECTIONS = ("sgd", "adam")
 SCHEDULES = ("constant", "hold_then_linear", "cosine")
 PARALLEL = ("sharded", "pmap")
@@ -77,14 +81,22 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.kwargs = ml_collections.ConfigDict(type_safe=False)
 
   c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "hspg"        # hspg | proxsg | base (the plain direction: dense baseline)
+  # hspg | proxsg | proxsg_l1 | admm | obproxsg | dhspg | hierarchical | base (the plain
+  # direction: dense baseline). The first stage of two-stage methods is warmup_epochs
+  # long: HSPG's subgradient stage, OBProx-SG's Prox-SG stage, DHSPG's warm-up before
+  # the partition.
+  c.optimizer.name = "hspg"
   c.optimizer.direction = "sgd"    # sgd (with momentum) | adam
   c.optimizer.momentum = 0.9       # sgd direction only; 0 = plain SGD
   c.optimizer.learning_rate = 0.05
   c.optimizer.final_learning_rate = 0.005
   c.optimizer.schedule = "hold_then_linear"  # constant | hold_then_linear | cosine
   c.optimizer.warmup_epochs = 8    # HSPG's first stage; the lr is held constant meanwhile
-  c.optimizer.reg_strength = 0.05  # lambda
+  c.optimizer.reg_strength = 0.05  # lambda (the l1 weight for proxsg_l1 / obproxsg; 0 = the
+                                   # issue's default per direction for dhspg)
+  c.optimizer.l1_strength = 0.0    # hierarchical: lambda_1 of the element-wise l1 term
+  c.optimizer.target_group_sparsity = 0.5  # dhspg: the fraction of groups to zero
+  c.optimizer.rho = 1.0            # admm: the penalty of the augmented Lagrangian
   c.optimizer.epsilon = 0.0        # half-space control, in [0, 1)
   c.optimizer.restart_momentum = True  # fresh direction state at the half-space stage
   c.optimizer.weight_decay = 0.0   # decoupled, on ungrouped leaves too
@@ -311,9 +323,14 @@ def validate(cfg: ml_collections.ConfigDict, *, device_count: int | None = None)
     for f in ("batch_size", "eval_batch_size"):
       _require(t[f] % device_count == 0, f"train.{f}",
                f"{t[f]} is not divisible by the {device_count} devices it is split over")
-  if o.name == "proxsg":
+  _require(o.l1_strength >= 0, "optimizer.l1_strength", f"must be >= 0, got {o.l1_strength}")
+  _require(0 < o.target_group_sparsity < 1, "optimizer.target_group_sparsity",
+           f"must be in (0, 1), got {o.target_group_sparsity}")
+  _require(o.rho > 0, "optimizer.rho", f"must be > 0, got {o.rho}")
+  if o.name in SGD_ONLY:
     _require(o.direction == "sgd", "optimizer.direction",
-             "Prox-SG steps along SGD (with momentum); use optimizer.direction=sgd")
+             f"optimizer.name={o.name} steps along SGD (with momentum); use "
+             "optimizer.direction=sgd")
 
 
 def to_json(cfg: ml_collections.ConfigDict) -> str:

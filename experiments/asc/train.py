@@ -152,12 +152,6 @@ def _group_stats(params, graph) -> dict:
           "group_sparsity": (sum(zero.values()) / n) if n else 0.0}
 
 
-def _stage(cfg, epoch: int) -> str:
-  if cfg.optimizer.name != "hspg":
-    return "dense" if cfg.optimizer.name == "base" else "prox"
-  return "warmup" if epoch < cfg.optimizer.warmup_epochs else "half_space"
-
-
 def _progress(iterable, total, desc, enabled):
   from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
 
@@ -408,7 +402,7 @@ def train(cfg, workdir, *, overwrite: bool = False, progress: bool = True,
       record = {
           "epoch": epoch + 1, "step": int(stepper.host(state.step)),
           "lr": float(lr_at((epoch + 1) * run.steps_per_epoch - 1)),
-          "stage": _stage(cfg, epoch),
+          "stage": optim.stage(cfg, epoch),
           "train_loss": sums["loss"] / max(sums["steps"] - sums["skipped"], 1),
           "train_acc": sums["correct"] / max(sums["count"], 1),
           "eval_loss": None, "eval_acc": None,
@@ -504,7 +498,7 @@ def finish(run: Run, state, workdir: Path, *, progress: bool = True, best=None) 
       "seed": cfg.seed, "cell": cfg.cell.to_dict() if cfg.cell.row else None,
       "epochs": cfg.train.epochs,
       "half_space_start_epoch": (cfg.optimizer.warmup_epochs + 1
-                                 if cfg.optimizer.name == "hspg" else None),
+                                 if cfg.optimizer.name in optim.STAGES else None),
       "eval": final.to_json(),
       "eval_before_recalibration": before.to_json() if after is not None else None,
       "group_sparsity": groups["group_sparsity"],
