@@ -45,6 +45,7 @@ import re
 import sys
 import time
 import traceback
+import types
 from typing import Any, Callable
 
 import jax
@@ -88,6 +89,20 @@ def _opt(settings, key):
   return settings.get(key) or None  # 0 / None: off
 
 
+def _prox_steps(settings, steps_per_epoch):
+  epochs = settings["prox_epochs"]
+  return int((settings["epochs"] / 10 if epochs is None else epochs) * steps_per_epoch)
+
+
+def _half_space_lr(lr, settings, steps_per_epoch):
+  """``lr``, or the convex study's schedule with the half-space stage at ``half_space_lr``."""
+  if not settings.get("half_space_lr"):
+    return lr
+  cfg = types.SimpleNamespace(lr=settings["lr"], lr_drops=settings["lr_drops"],
+                              half_space_epoch=settings["switch_epoch"])
+  return convex.lr_schedule(cfg, steps_per_epoch, settings["half_space_lr"])
+
+
 METHODS = {m.name: m for m in (
     Method("proxsg", "Prox-SG (group)", "prox_sg", "group",
            lambda f, p, lr, spe, s: f(lr, s["lam"], p.groups, momentum=_opt(s, "momentum"))),
@@ -98,12 +113,13 @@ METHODS = {m.name: m for m in (
                                       momentum=_opt(s, "momentum"))),
     Method("obproxsg", "OBProx-SG", "obprox_sg", "l1",
            lambda f, p, lr, spe, s: f(
-               lr, s["lam"], p.groups, prox_steps=_steps(s, "prox_epochs", spe),
+               lr, s["lam"], p.groups, prox_steps=_prox_steps(s, spe),
                orthant_steps=(None if s["orthant_epochs"] is None
                               else _steps(s, "orthant_epochs", spe)),
                momentum=_opt(s, "momentum"))),
     Method("hspg", "HSPG", "hspg", "group",
-           lambda f, p, lr, spe, s: f(lr, s["lam"], p.groups, epsilon=s["epsilon"],
+           lambda f, p, lr, spe, s: f(_half_space_lr(lr, s, spe), s["lam"], p.groups,
+                                      epsilon=s["epsilon"],
                                       half_space_start=_steps(s, "switch_epoch", spe),
                                       momentum=_opt(s, "momentum"))),
     Method("dhspg", "DHSPG (target)", "dhspg", "group",
@@ -149,11 +165,13 @@ METHOD_DEFAULTS = {
     "admm": {"momentum": {"*": (None, "as proxsg")},
              "rho": {"*": (1.0, "chosen here (not tuned)")}},
     "obproxsg": {"momentum": {"*": (None, "as proxsg")},
-                 "prox_epochs": {"digits-group": (30, "the issue: Prox-SG for the first tenth"),
-                                 "digits-l1": (30, "the issue: Prox-SG for the first tenth"),
-                                 "digits-cnn": (6, "the issue: Prox-SG for the first tenth")},
+                 "prox_epochs": {"*": (None, "the issue: Prox-SG for the first tenth of the "
+                                             "epochs (None: epochs / 10, --quick included)")},
                  "orthant_epochs": {"*": (None, "the issue: orthant steps only afterwards")}},
-    "hspg": {"momentum": {"*": (None, _REF_HSPG)}, "epsilon": {"*": (0.0, _REF_HSPG)}},
+    "hspg": {"momentum": {"*": (None, _REF_HSPG)}, "epsilon": {"*": (0.0, _REF_HSPG)},
+             "half_space_lr": {"*": (None, "the reference: the same lr in both stages; "
+                                           "1.0 with epsilon 0.5 is the convex study's "
+                                           "beyond-the-reference row")}},
     "dhspg": {"momentum": {"*": (None, "the issue (plain SGD direction)")},
               "direction": {"*": ("sgd", "the issue")},
               "reg_strength": {"*": (None, "the issue's default per direction (1e-3 with sgd)")},
