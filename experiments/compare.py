@@ -123,7 +123,8 @@ METHODS = {m.name: m for m in (
                                       half_space_start=_steps(s, "switch_epoch", spe),
                                       momentum=_opt(s, "momentum"))),
     Method("dhspg", "DHSPG (target)", "dhspg", "group",
-           lambda f, p, lr, spe, s: f(lr, s["target_group_sparsity"], p.groups,
+           lambda f, p, lr, spe, s: f(_half_space_lr(lr, s, spe), s["target_group_sparsity"],
+                                      p.groups,
                                       direction=s["direction"], momentum=_opt(s, "momentum"),
                                       reg_strength=s["reg_strength"],
                                       partition_step=_steps(s, "switch_epoch", spe))),
@@ -174,6 +175,7 @@ METHOD_DEFAULTS = {
                                            "beyond-the-reference row")}},
     "dhspg": {"momentum": {"*": (None, "the issue (plain SGD direction)")},
               "direction": {"*": ("sgd", "the issue")},
+              "half_space_lr": {"*": (None, "as hspg's: the lr after the partition")},
               "reg_strength": {"*": (None, "the issue's default per direction (1e-3 with sgd)")},
               "target_group_sparsity": {
                   "digits-group": (0.5625, "chosen here: the optimum's 36/64 zero groups"),
@@ -511,9 +513,13 @@ class AscSynthetic:
 
     cfg = config_lib.default_config()
     cfg.seed = seed
+    chosen = dict(settings.get("method", {}))
+    l1_ratio = chosen.pop("l1_ratio", METHOD_DEFAULTS["hierarchical"]["l1_ratio"]["*"][0])
     items = [f"optimizer.name={method.name}"] + list(overrides)
-    items += [f"optimizer.{k}={v!r}" for k, v in settings.get("method", {}).items()]
+    items += [f"optimizer.{k}={v!r}" for k, v in chosen.items()]
     config_lib.apply_overrides(cfg, items)
+    if method.name == "hierarchical":  # the ASC config's l1_strength is absolute
+      cfg.optimizer.l1_strength = l1_ratio * cfg.optimizer.reg_strength
     if settings["smoke"]:
       cfg = config_lib.smoke(cfg)
     cfg.train.epochs = settings["epochs"]
