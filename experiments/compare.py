@@ -94,6 +94,14 @@ def _prox_steps(settings, steps_per_epoch):
   return int((settings["epochs"] / 10 if epochs is None else epochs) * steps_per_epoch)
 
 
+def _dhspg_lr(lr, settings, steps_per_epoch):
+  """DHSPG's lr: ``base_lr`` replaces the problem's (an Adam direction needs a smaller one)."""
+  if settings.get("base_lr"):
+    settings = {**settings, "lr": settings["base_lr"]}
+    lr = lr_schedule(settings, steps_per_epoch)
+  return _half_space_lr(lr, settings, steps_per_epoch)
+
+
 def _half_space_lr(lr, settings, steps_per_epoch):
   """``lr``, or the convex study's schedule with the half-space stage at ``half_space_lr``."""
   if not settings.get("half_space_lr"):
@@ -123,7 +131,7 @@ METHODS = {m.name: m for m in (
                                       half_space_start=_steps(s, "switch_epoch", spe),
                                       momentum=_opt(s, "momentum"))),
     Method("dhspg", "DHSPG (target)", "dhspg", "group",
-           lambda f, p, lr, spe, s: f(_half_space_lr(lr, s, spe), s["target_group_sparsity"],
+           lambda f, p, lr, spe, s: f(_dhspg_lr(lr, s, spe), s["target_group_sparsity"],
                                       p.groups,
                                       direction=s["direction"], momentum=_opt(s, "momentum"),
                                       reg_strength=s["reg_strength"],
@@ -176,6 +184,8 @@ METHOD_DEFAULTS = {
     "dhspg": {"momentum": {"*": (None, "the issue (plain SGD direction)")},
               "direction": {"*": ("sgd", "the issue")},
               "half_space_lr": {"*": (None, "as hspg's: the lr after the partition")},
+              "base_lr": {"*": (None, "the problem's lr (same schedule); e.g. 1e-3 with "
+                                      "direction=adam")},
               "reg_strength": {"*": (None, "the issue's default per direction (1e-3 with sgd)")},
               "target_group_sparsity": {
                   "digits-group": (0.5625, "chosen here: the optimum's 36/64 zero groups"),
