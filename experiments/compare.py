@@ -841,7 +841,11 @@ def plot_tradeoff(summary: dict, path: pathlib.Path):
   probs = [k for k, p in summary.items() if p["cells"]]
   if not probs:
     return False
-  fig, axes = plt.subplots(1, len(probs), figsize=(5.2 * len(probs), 4.2), squeeze=False)
+  fig, axes = plt.subplots(1, len(probs), figsize=(5.2 * len(probs), 4.6), squeeze=False)
+  # One colour and marker per method across every panel, one legend for the figure.
+  labels = list(dict.fromkeys(lb for prob in probs for lb in summary[prob]["columns"]))
+  style = {lb: (f"C{k % 10}", "osD^vP"[k // 10 % 6]) for k, lb in enumerate(labels)}
+  handles = {}
   for ax, prob in zip(axes[0], probs):
     p = summary[prob]
     use_gap = any("gap" in c for c in p["cells"].values())
@@ -851,21 +855,26 @@ def plot_tradeoff(summary: dict, path: pathlib.Path):
         continue
       xk = "gap" if use_gap else "F"
       scale = 100.0 if use_gap else 1.0
-      ax.errorbar(scale * c[xk]["mean"], c["zero_groups"]["mean"],
-                  xerr=scale * c[xk]["std"], yerr=c["zero_groups"]["std"],
-                  fmt="o", capsize=3, label=lb)
+      color, marker = style[lb]
+      handles[lb] = ax.errorbar(scale * c[xk]["mean"], c["zero_groups"]["mean"],
+                                xerr=scale * c[xk]["std"], yerr=c["zero_groups"]["std"],
+                                fmt=marker, color=color, capsize=3, label=lb)
     if use_gap and p.get("optimum"):
-      ax.plot([0.0], [p["optimum"]["zero_groups"]], "k*", ms=12, label="optimum (float64)")
-    ax.set_xlabel("F / F* - 1 (%)" if use_gap else "final F")
+      handles["optimum (float64)"] = ax.plot([0.0], [p["optimum"]["zero_groups"]], "k*", ms=12,
+                                             label="optimum (float64)")[0]
+      # Gaps span 0.01% to hundreds of %: linear near 0, logarithmic beyond.
+      ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_xlabel("F / F* - 1 (%), symlog" if use_gap else "final F")
     total = p["totals"].get("num_groups")
     what = "zero elements (one group each)" if PROBLEMS[prob].regulariser == "l1" else \
         "zero groups"
     ax.set_ylabel(f"{what} (of {total})" if total else what)
     ax.set_title(prob)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+  fig.legend(list(handles.values()), list(handles), loc="lower center",
+             ncol=min(4, len(handles)), fontsize=8, frameon=False)
   fig.suptitle("Sparsity vs objective: mean ± std over seeds")
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.04 + 0.035 * math.ceil(len(handles) / 4), 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return True
