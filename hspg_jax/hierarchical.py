@@ -40,8 +40,8 @@ import optax
 from hspg_jax import _hparams
 from hspg_jax import groups as groups_lib
 from hspg_jax import obproxsg
+from hspg_jax import proxsg
 # Names, not the module: ``hspg_jax.hspg`` is also the name of the hspg() function.
-from hspg_jax.hspg import _require_params
 from hspg_jax.hspg import family_epsilons
 from hspg_jax.hspg import half_space_kill
 from hspg_jax.hspg import subgradient_coefficient
@@ -123,11 +123,7 @@ def hierarchical_hspg(
 
   def update_fn(updates, state, params=None, **extra_args):
     del extra_args
-    _require_params(params, "hierarchical_hspg")
-    structure = groups_lib.resolve(params, groups)
-    x = jax.tree_util.tree_leaves(params)
-    g, treedef = jax.tree_util.tree_flatten(updates)
-    groups_lib.check_same_leaves(x, g)
+    structure, x, g, treedef = proxsg.flatten_inputs("hierarchical_hspg", groups, updates, params)
     count = state.count
     lr = _hparams.value_at(learning_rate, count)
     lam_g = _hparams.clip(_hparams.value_at(group_strength, count), 0.0, np.inf)
