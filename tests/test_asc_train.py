@@ -464,14 +464,28 @@ def test_bad_data_is_reported_with_its_file(tmp_path, capsys):
 # ----------------------------------------------------------------------------- the grid
 
 
-def test_every_seed_table_config_builds_and_steps_in_smoke_form():
-  """Each cell's model and optimizer, shrunk by --smoke, takes one finite step."""
+def one_device_stepper(cfg, steps_per_epoch):
+  """``(stepper, state, batch, graph)``: cfg's model (4 classes) and optimizer on one
+  device, and a fixed random batch of 4 clips of 24 x 24 x 2 features."""
   from flax import nnx
 
   import hspg_jax.flax
   import models
   from experiments.asc import optim
   from experiments.asc import step as step_lib
+
+  model = models.get_model(cfg.model.name, 4, rngs=nnx.Rngs(0), **train_lib.model_kwargs(cfg))
+  graph = hspg_jax.flax.analyze_channels(model, (1, 24, 24, 2))
+  tx = optim.build(cfg, graph.spec, steps_per_epoch=steps_per_epoch)
+  stepper = step_lib.Stepper(model, tx, "sharded", devices=jax.devices()[:1])
+  rng = np.random.default_rng(0)
+  batch = {"features": rng.normal(size=(4, 24, 24, 2)).astype(np.float32),
+           "label": np.arange(4, dtype=np.int32), "weight": np.ones(4, np.float32)}
+  return stepper, stepper.init_state(0), batch, graph
+
+
+def test_every_seed_table_config_builds_and_steps_in_smoke_form():
+  """Each cell's model and optimizer, shrunk by --smoke, takes one finite step."""
   from experiments.configs import seed_tables
 
   seen = set()
@@ -489,15 +503,7 @@ def test_every_seed_table_config_builds_and_steps_in_smoke_form():
     if key in seen or row == "baseline":
       continue
     seen.add(key)
-    model = models.get_model(cfg.model.name, 4, rngs=nnx.Rngs(0),
-                             **train_lib.model_kwargs(cfg))
-    graph = hspg_jax.flax.analyze_channels(model, (1, 24, 24, 2))
-    tx = optim.build(cfg, graph.spec, steps_per_epoch=2)
-    stepper = step_lib.Stepper(model, tx, "sharded", devices=jax.devices()[:1])
-    state = stepper.init_state(0)
-    rng = np.random.default_rng(0)
-    batch = {"features": rng.normal(size=(4, 24, 24, 2)).astype(np.float32),
-             "label": np.arange(4, dtype=np.int32), "weight": np.ones(4, np.float32)}
+    stepper, state, batch, _ = one_device_stepper(cfg, steps_per_epoch=2)
     state, m = stepper.train_step(state, batch)
     assert int(np.asarray(m["finite"].addressable_data(0))) == 1, key
   assert seen == {"vgg", "densenet", "densenet_dn1", "cp_resnet", "cp_resnet_rn1",
@@ -543,13 +549,7 @@ def test_grid_lists_runs_and_resumes_without_redoing_finished_cells(tiny, tiny_d
 def test_every_optimizer_name_trains_a_model_and_sparsifies(name):
   """``optimizer.name=X`` builds X over the model's groups; a strong regulariser
   makes the exact zeros X promises (whole groups, or elements for the l1 methods)."""
-  from flax import nnx
-
   import hspg_jax
-  import hspg_jax.flax
-  import models
-  from experiments.asc import optim
-  from experiments.asc import step as step_lib
 
   cfg = tiny_config("synthetic", **{"optimizer.name": name, "optimizer.learning_rate": 0.5,
                                     "optimizer.final_learning_rate": 0.5,
@@ -560,14 +560,7 @@ def test_every_optimizer_name_trains_a_model_and_sparsifies(name):
   if name == "dhspg":
     cfg.optimizer.reg_strength = 0.0  # its own default lambda: the target needs no tuning
   config_lib.validate(cfg)
-  model = models.get_model("cp_resnet", 4, rngs=nnx.Rngs(0), **train_lib.model_kwargs(cfg))
-  graph = hspg_jax.flax.analyze_channels(model, (1, 24, 24, 2))
-  tx = optim.build(cfg, graph.spec, steps_per_epoch=1)
-  stepper = step_lib.Stepper(model, tx, "sharded", devices=jax.devices()[:1])
-  state = stepper.init_state(0)
-  rng = np.random.default_rng(0)
-  batch = {"features": rng.normal(size=(4, 24, 24, 2)).astype(np.float32),
-           "label": np.arange(4, dtype=np.int32), "weight": np.ones(4, np.float32)}
+  stepper, state, batch, graph = one_device_stepper(cfg, steps_per_epoch=1)
   zeros = []
   for _ in range(4):
     state, m = stepper.train_step(state, batch)
