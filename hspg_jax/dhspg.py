@@ -12,7 +12,8 @@ base direction (SGD with optional momentum, or the bias-corrected Adam step
   of all families together, with ``n_g`` the number of scalars in group ``g``,
 
       score_g = 0.5 * c_g / ||c||_2 + 0.5 * r_g / ||r||_2,
-      c_g = cos(-x_g, -d_g),   r_g = 1 / (||x_g|| / n_g + 1e-6),
+      c_g = cos(-x_g, -d_g),   r_g = 1 / (||x_g|| / n_g + 1e-6),  (n_g -> sqrt(n_g)
+                                                                 with magnitude="rms")
 
   and the ``K = floor(G * min(s + tolerance, 0.999))`` best-scoring groups form
   the set ``G_p`` to be zeroed. As in the reference (its ``group_divisible=1``),
@@ -30,6 +31,21 @@ base direction (SGD with optional momentum, or the bias-corrected Adam step
   ``x_hat_g = 0`` where ``<x_hat_g, x_g> < epsilon * ||x_g||^2``. Groups
   outside ``G_p`` take the base step ``x - lr * d``;
 * once the target is reached: base steps for every group.
+
+With ``pruning_steps = T`` (not in OTOv2; the guarantee of its successor
+HESSO, ``only_train_once/optimizer/hesso.py``), the target is reached by step
+``partition_step + T - 1`` whatever lambda does. At step ``partition_step + t``,
+``0 <= t < T``, while the target is not reached, the ``need`` = (zero groups
+still missing) non-zero groups of ``G_p`` with the smallest magnitude (the
+score's: ``||x_g|| / n_g``, or ``||x_g|| / sqrt(n_g)`` with ``magnitude="rms"``)
+also have their trial point scaled by HESSO's factor
+
+      x_hat_g <- r_t * x_hat_g,   r_t = (T - t - 1) / (T - t),
+
+before the half-space test. The factors telescope (``r_t0 * ... * r_t1 =
+(T - t1 - 1) / (T - t0)``), so a group chosen at every step shrinks linearly to
+exactly zero at ``t = T - 1``, and at most ``need`` groups are forced: the
+target is hit, not overshot, unless the half-space test itself zeroes more.
 
 Groups that are exactly zero stay zero at every step (the reference's default
 ``fixed_zero_groups=True``), and ungrouped leaves always take the base step.
@@ -60,7 +76,8 @@ ADAM_B2 = 0.999
 SAFE_GUARD = 1e-8  # the reference's guard in x_g / (||x_g|| + 1e-8) and Adam's epsilon
 COUNT_GUARD = 1e-6  # relative round-off guard when a fraction of G is turned into a count
 SIGNATURE = ("Signature: dhspg(learning_rate, target_group_sparsity, groups, *, direction, "
-             "momentum, reg_strength, amplify, hat_coeff, tolerance, partition_step, epsilon).")
+             "momentum, reg_strength, amplify, hat_coeff, tolerance, partition_step, epsilon, "
+             "pruning_steps, magnitude).")
 
 
 class DHSPGState(NamedTuple):
@@ -77,14 +94,19 @@ def _check_open_unit(name, value):
     raise ValueError(f"{name} must be in (0, 1), got {float(value)}")
 
 
-def _partition(structure, sq, xd, dd, num_selected):
+def _magnitudes(structure, sq, magnitude):
+  """Per family, ``||x_g|| / n_g`` (``"mean"``, the reference) or ``/ sqrt(n_g)`` (``"rms"``)."""
+  power = 1.0 if magnitude == "mean" else 0.5
+  return [jnp.sqrt(s) / float(fam.group_size) ** power for s, fam in zip(sq, structure.families)]
+
+
+def _partition(structure, sq, xd, dd, num_selected, magnitude):
   """The groups to be zeroed, per family: the ``num_selected`` best global scores."""
   norms = [jnp.sqrt(s) for s in sq]
   # torch.nn.functional.cosine_similarity: <a, b> / max(||a|| ||b||, 1e-8).
   cos = jnp.concatenate([p / jnp.maximum(n * jnp.sqrt(q), SAFE_GUARD)
                          for p, n, q in zip(xd, norms, dd)])
-  inv = jnp.concatenate([1.0 / (n / fam.group_size + 1e-6)
-                         for n, fam in zip(norms, structure.families)])
+  inv = 1.0 / (jnp.concatenate(_magnitudes(structure, sq, magnitude)) + 1e-6)
   # torch.nn.functional.normalize: v / max(||v||, 1e-12).
   unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v), 1e-12)  # noqa: E731
   scores = 0.5 * unit(cos) + 0.5 * unit(inv)
@@ -104,6 +126,23 @@ def _partition(structure, sq, xd, dd, num_selected):
     worst = jnp.arange(g) == jnp.argmin(sc)
     out.append(sel & ~(jnp.all(sel) & worst))
   return tuple(out)
+
+
+def _shrink_ratios(structure, sq, penalized, need, t, pruning_steps, magnitude):
+  """HESSO's factor per group, per family: ``r_t`` on the ``need`` penalised groups
+  with the smallest magnitude while ``0 <= t < T``, else 1."""
+  mean_mag = jnp.concatenate(_magnitudes(structure, sq, magnitude))
+  cand = jnp.concatenate(penalized)
+  rank = jnp.argsort(jnp.argsort(jnp.where(cand, mean_mag, jnp.inf), stable=True), stable=True)
+  on = (t >= 0) & (t < pruning_steps)
+  chosen = cand & (rank < need) & on
+  span = jnp.maximum(pruning_steps - t, 1).astype(jnp.float32)
+  r = jnp.where(chosen, (span - 1.0) / span, 1.0)
+  out, start = [], 0
+  for fam in structure.families:
+    out.append(r[start:start + fam.num_groups])
+    start += fam.num_groups
+  return out
 
 
 def _lambdas(sq, xd, dd, lam, amplify, hat_coeff, penalize):
@@ -132,6 +171,8 @@ def dhspg(
     tolerance=0.05,
     partition_step: int = 0,
     epsilon: float | Mapping[str, float] = 0.95,
+    pruning_steps: int | None = None,
+    magnitude: str = "mean",
 ) -> optax.GradientTransformationExtraArgs:
   """OTOv2's DHSPG: HSPG steered to a target group sparsity, no lambda tuning.
 
@@ -175,6 +216,17 @@ def dhspg(
       adaptive lambda alone must push a group across the origin, and it is
       kept below the value at which the step stops being a descent direction
       for ``f`` (``lambda_ub``), so groups that ``f`` needs stall short of zero.
+    pruning_steps: ``None`` (default, the reference: no guarantee) or ``T >= 1``:
+      the target is reached by step ``partition_step + T - 1`` (HESSO's
+      progressive shrink of the groups still missing; module docstring). The
+      guarantee needs ``G_p`` to hold enough groups: with the family fix-up it
+      can hold fewer than ``target * G`` when many families are tiny.
+    magnitude: the size measure in the partition's score and in the choice of
+      the groups to shrink: ``"mean"`` (default, the reference) ``||x_g|| / n_g``,
+      or ``"rms"`` ``||x_g|| / sqrt(n_g)``. With ``"mean"`` groups with many
+      scalars look small (for i.i.d. entries ``||x_g|| / n_g ~ rms / sqrt(n_g)``),
+      so families of large groups, such as a ResNet stage's residual channels,
+      fill ``G_p`` first; ``"rms"`` compares groups of different sizes fairly.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` that needs ``params``; works
@@ -197,6 +249,8 @@ def dhspg(
   """
   if direction not in DEFAULTS:
     raise ValueError(f"direction must be 'sgd' or 'adam', got {direction!r}")
+  if magnitude not in ("mean", "rms"):
+    raise ValueError(f"magnitude must be 'mean' or 'rms', got {magnitude!r}. {SIGNATURE}")
   default_lam, default_amp, default_hat = DEFAULTS[direction]
   reg_strength = default_lam if reg_strength is None else reg_strength
   amplify = default_amp if amplify is None else amplify
@@ -213,6 +267,10 @@ def dhspg(
     _hparams.check_range("momentum", momentum, 0.0, 1.0)
   if not isinstance(epsilon, Mapping):
     _hparams.check_range("epsilon", epsilon, 0.0, 1.0)
+  if pruning_steps is not None:
+    _hparams.check_step("pruning_steps", pruning_steps, hint=SIGNATURE)
+    if not isinstance(pruning_steps, jax.core.Tracer) and int(pruning_steps) < 1:
+      raise ValueError(f"pruning_steps must be >= 1 or None, got {int(pruning_steps)}")
 
   if direction == "adam":
     base = optax.scale_by_adam(b1=0.9 if momentum is None else momentum, b2=ADAM_B2,
@@ -260,29 +318,43 @@ def dhspg(
     num_selected = jnp.floor(num_groups * share * (1.0 + COUNT_GUARD)).astype(jnp.int32)
 
     to_zero = jax.lax.cond(count == partition_step,
-                           lambda: _partition(structure, sq, xd, dd, num_selected),
+                           lambda: _partition(structure, sq, xd, dd, num_selected, magnitude),
                            lambda: tuple(state.to_zero))
     active = (count >= partition_step) & ~reached
 
+    penalized = [sel & active & ~z for sel, z in zip(to_zero, zero)]
+    if pruning_steps is None:
+      ratios = [None] * len(sq)
+    else:
+      ratios = _shrink_ratios(structure, sq, penalized, needed - n_zero,
+                              count - partition_step, pruning_steps, magnitude)
+
     coefs, kills = [], []
-    for s, p, q, z, sel, e in zip(sq, xd, dd, zero, to_zero, eps):
-      penalize = sel & active & ~z
+    for s, p, q, z, penalize, e, r in zip(sq, xd, dd, zero, penalized, eps, ratios):
       lam_g = _lambdas(s, p, q, lam, amp, hat, penalize)
-      # x_hat_g = x_g - lr * d_g - coef_g * x_g
+      # x_hat_g = r_g * (x_g - lr * d_g - coef_g * x_g)
       coef = jnp.where(penalize, lr * lam_g / (jnp.sqrt(s) + SAFE_GUARD), 0.0)
       dot = s - lr * p - coef * s  # <x_hat_g, x_g>
-      kills.append(z | (penalize & half_space_kill(z, s, dot, e, None)))
+      kill = z | (penalize & half_space_kill(z, s, r * dot if r is not None else dot, e, None))
+      if r is not None:
+        kill = kill | (penalize & (r == 0))
+        coef = (coef, r)
+      kills.append(kill)
       coefs.append(coef)
 
     def step(m, coef, kill):
-      xi, di = groups_lib.promote(x[m.index]), d[m.index]
-      u = -lr * groups_lib.promote(di) - coef * xi
-      return jnp.where(kill, -xi, u).astype(di.dtype)
+      xi, di = groups_lib.promote(x[m.index]), groups_lib.promote(d[m.index])
+      if isinstance(coef, tuple):  # HESSO's shrink: r * (x - lr d - coef x) - x
+        coef, r = (groups_lib.expand(c, m) for c in coef)
+        u = -(r * lr) * di - (r * coef + (1.0 - r)) * xi
+      else:
+        u = -lr * di - groups_lib.expand(coef, m) * xi
+      return jnp.where(kill, -xi, u).astype(d[m.index].dtype)
 
     new_u = [(-lr * di).astype(di.dtype) for di in d]  # ungrouped leaves: base steps
     for fam, coef, kill in zip(structure.families, coefs, kills):
       for m in fam.members:
-        new_u[m.index] = step(m, groups_lib.expand(coef, m), groups_lib.expand(kill, m))
+        new_u[m.index] = step(m, coef, groups_lib.expand(kill, m))
     new_state = DHSPGState(count=optax.safe_int32_increment(count), to_zero=to_zero,
                            base_state=base_state)
     return jax.tree_util.tree_unflatten(treedef, new_u), new_state

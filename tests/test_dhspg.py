@@ -12,8 +12,9 @@ from tests import test_parallel as par
 from tests.test_hspg import FAMILIES, SPEC, assert_same_run, make_problem, run_jax
 
 
-def np_partition(X, D, families, target, tol):
-  """The reference's ``partition_groups`` (``group_divisible=1``), literally.
+def np_partition(X, D, families, target, tol, magnitude="mean"):
+  """The reference's ``partition_groups`` (``group_divisible=1``), literally;
+  ``magnitude="rms"`` divides the group norms by ``sqrt(n)`` instead of ``n``.
 
   ``X``, ``D``: family name -> ``(G, n)`` matrices. Returns name -> bool mask.
   """
@@ -22,7 +23,7 @@ def np_partition(X, D, families, target, tol):
     x, d = X[name], D[name]
     nx, nd = np.linalg.norm(x, axis=1), np.linalg.norm(d, axis=1)
     cos.append(np.sum(x * d, axis=1) / np.maximum(nx * nd, 1e-8))  # cos(-x, -d)
-    avg.append(nx / x.shape[1])
+    avg.append(nx / (x.shape[1] if magnitude == "mean" else np.sqrt(x.shape[1])))
     spans[name] = (start, start + x.shape[0])
     start += x.shape[0]
   total = start
@@ -47,8 +48,15 @@ def np_partition(X, D, families, target, tol):
 
 
 def np_dhspg_run(x0, families, grad_fn, steps, lr, target, *, direction="sgd", momentum=None,
-                 lam=None, amplify=None, hat=None, tol=0.05, pstep=0, eps=0.0):
-  """DHSPG from the equations; returns (iterates after each step, final partition)."""
+                 lam=None, amplify=None, hat=None, tol=0.05, pstep=0, eps=0.0, prune=None,
+                 magnitude="mean"):
+  """DHSPG from the equations; returns (iterates after each step, final partition).
+
+  ``prune``: HESSO's guarantee (``pruning_steps``): within ``prune`` steps of the
+  partition, the missing number of zero groups, taken among the non-zero
+  penalised groups by smallest ``||x_g|| / n_g`` (ties: lower global index),
+  have their trial point scaled by ``(T - t - 1) / (T - t)``.
+  """
   defaults = {"sgd": (1e-3, 2.0, 10.0), "adam": (1e-2, 20.0, 1e3)}[direction]
   lam = defaults[0] if lam is None else lam
   amplify = defaults[1] if amplify is None else amplify
@@ -74,10 +82,21 @@ def np_dhspg_run(x0, families, grad_fn, steps, lr, target, *, direction="sgd", m
     X = {name: ref.flat(x, mem) for name, mem in families}
     D = {name: ref.flat(d, mem) for name, mem in families}
     if t == pstep:
-      masks = np_partition(X, D, families, target, tol)
+      masks = np_partition(X, D, families, target, tol, magnitude)
     n_zero = sum(int(np.sum(np.linalg.norm(X[name], axis=1) == 0)) for name, _ in families)
     reached = n_zero / total >= target
     x_hat = {k: x[k] - lr * d[k] for k in x}
+    ratio = {name: np.ones(X[name].shape[0]) for name, _ in families}
+    if prune is not None and masks is not None and not reached and 0 <= t - pstep < prune:
+      need = int(np.ceil(target * total)) - n_zero
+      size = {"mean": lambda n: n, "rms": np.sqrt}[magnitude]
+      cands = [(np.linalg.norm(X[name][i]) / size(X[name].shape[1]), pos, name, i)
+               for pos, (name, i) in enumerate((name, i) for name, _ in families
+                                               for i in range(X[name].shape[0]))
+               if masks[name][i] and np.linalg.norm(X[name][i]) > 0]
+      span = prune - (t - pstep)
+      for _, _, name, i in sorted(cands)[:need]:
+        ratio[name][i] = (span - 1) / span
     for name, members in families:
       xs, ds = X[name], D[name]
       hat_x = ref.flat(x_hat, members)
@@ -97,6 +116,7 @@ def np_dhspg_run(x0, families, grad_fn, steps, lr, target, *, direction="sgd", m
         nz = norm > 0
         mixed[nz] = xs[nz] / (norm[nz] + 1e-8)[:, None]
         hat_x[sel] -= lr * lambdas[sel][:, None] * mixed[sel]
+        hat_x *= ratio[name][:, None]
         proj = np.sum(hat_x * xs, axis=1) < eps * norm ** 2
         hat_x[sel & proj] = 0.0
       hat_x[norm == 0] = 0.0  # fixed_zero_groups
@@ -144,6 +164,73 @@ def test_matches_numpy_restatement(case):
     params = optax.apply_updates(params, u)
   for (name, _), mask in zip(FAMILIES, state.to_zero):
     np.testing.assert_array_equal(mask, np_masks[name], err_msg=name)
+
+
+PRUNE_CASES = {
+    # epsilon 0 and the default lambda: the reference alone zeroes nothing here.
+    "sgd_shrink_only": dict(direction="sgd", lr=0.05, eps=0.0),
+    "sgd_momentum": dict(direction="sgd", lr=0.1, momentum=0.5, lam=0.3, eps=0.5),
+    "adam": dict(direction="adam", lr=0.05, eps=0.9),
+    "rms": dict(direction="sgd", lr=0.05, eps=0.0, magnitude="rms"),
+}
+
+
+@pytest.mark.parametrize("case", list(PRUNE_CASES))
+def test_pruning_steps_matches_numpy_restatement_and_hits_target(case):
+  opts = dict(PRUNE_CASES[case])
+  # Target 0.25: G_p holds 5 groups = ceil(0.25 * 18) (at 0.3 the family fix-up
+  # would leave G_p one group short of the 6 needed).
+  steps, pstep, prune, target = 20, 4, 10, 0.25
+  x0, np_grad, jax_grad = make_problem(seed=35, steps=steps)
+  lr, direction = opts.pop("lr"), opts.pop("direction")
+  np_hist, masks = np_dhspg_run(x0, FAMILIES, np_grad, steps, lr, target, direction=direction,
+                                pstep=pstep, prune=prune, **opts)
+  if opts.get("magnitude") == "rms":
+    # The reference's ||x_g|| / n_g puts the family of largest groups ("c1", 38
+    # scalars a group) first; ||x_g|| / sqrt(n_g) picks from the other families.
+    _, mean_masks = np_dhspg_run(x0, FAMILIES, np_grad, pstep + 1, lr, target, pstep=pstep)
+    assert mean_masks["c1"].sum() == 5 and not masks["c1"].any()
+  plain, _ = np_dhspg_run(x0, FAMILIES, np_grad, steps, lr, target, direction=direction,
+                          pstep=pstep, **opts)
+  lam, eps = opts.pop("lam", None), opts.pop("eps")
+  tx = hspg_jax.dhspg(lr, target, SPEC, direction=direction, reg_strength=lam, epsilon=eps,
+                      partition_step=pstep, pruning_steps=prune, **opts)
+  jax_hist = run_jax(tx, x0, jax_grad, steps)
+  assert_same_run(jax_hist, np_hist, atol=5e-5)
+  needed = int(np.ceil(target * 18))
+  counts = [zero_count(x) for x in jax_hist]
+  # Hit by the deadline (the step partition_step + T - 1), never undone afterwards.
+  assert all(c >= needed for c in counts[pstep + prune - 1:]), counts
+  assert counts == sorted(counts), counts
+  if case == "sgd_shrink_only":
+    # Only the shrink zeroes groups: exactly the target, exactly at the deadline,
+    # while the reference step alone zeroes none.
+    assert counts[pstep + prune - 2] < needed == counts[pstep + prune - 1] == counts[-1]
+    assert zero_count(plain[-1]) == 0
+
+
+def test_pruning_steps_hits_target_where_the_reference_stalls():
+  # Least squares with the lr decayed tenfold after the partition: the capped
+  # lambda stalls short of the target, the HESSO shrink reaches it exactly.
+  steps, pstep, prune, groups = 600, 20, 300, {"W": 0, "b": None}
+  lr = optax.piecewise_constant_schedule(0.05, {100: 0.1})
+
+  def final_zeros(**kwargs):
+    params, loss = least_squares(seed=3)
+    tx = hspg_jax.dhspg(lr, 0.6, groups, partition_step=pstep, epsilon=0.0, **kwargs)
+
+    def body(carry, key):
+      params, state = carry
+      u, state = tx.update(jax.grad(loss)(params, key), state, params)
+      return (optax.apply_updates(params, u), state), None
+
+    (params, _), _ = jax.jit(lambda p, s: jax.lax.scan(
+        body, (p, s), jax.random.split(jax.random.PRNGKey(2), steps)))(params, tx.init(params))
+    return int(np.sum(np.linalg.norm(params["W"], axis=1) == 0))
+
+  needed = int(np.ceil(0.6 * 32))
+  assert final_zeros() < needed
+  assert final_zeros(pruning_steps=prune) == needed
 
 
 def test_partition_spares_single_group_and_whole_families():
@@ -293,9 +380,12 @@ def test_data_parallel_matches_single_device(runner):
     (dict(momentum=1.5), "momentum"),
     (dict(epsilon=1.0), "epsilon"),
     (dict(partition_step=-1), "partition_step"),
+    (dict(pruning_steps=0), "pruning_steps"),
+    (dict(pruning_steps=2.5), "pruning_steps"),
+    (dict(magnitude="l1"), "magnitude"),
 ])
 def test_bad_input_names_the_parameter(kwargs, match):
   args = dict(learning_rate=0.1, target_group_sparsity=0.5, groups=SPEC)
   args.update(kwargs)
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises((ValueError, TypeError), match=match):
     hspg_jax.dhspg(**args)
