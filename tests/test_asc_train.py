@@ -415,8 +415,11 @@ def test_bad_configs_are_rejected_before_data(tmp_path, capsys):
     config_lib.apply_overrides(cfg, ["model.kwargs=3"])
   for override, valid in (("model.name=resnet50", "cp_resnet"),
                           ("optimizer.name=adamw", "hspg"),
-                          ("optimizer.direction=rmsprop", "adam")):
-    bad = config_lib.apply_overrides(config_lib.default_config(), [override])
+                          ("optimizer.direction=rmsprop", "adam"),
+                          ("optimizer.pruning_epochs=-1", "optimizer.pruning_epochs"),
+                          ("optimizer.name=dhspg optimizer.pruning_epochs=25",
+                           "optimizer.pruning_epochs.*past train.epochs")):
+    bad = config_lib.apply_overrides(config_lib.default_config(), override.split())
     with pytest.raises(config_lib.ConfigError, match=valid):
       config_lib.validate(bad)
   # Through the CLI: exit status 2, one message naming the field or option, no traceback.
@@ -556,7 +559,8 @@ def test_every_optimizer_name_trains_a_model_and_sparsifies(name):
                                     "optimizer.schedule": "constant", "optimizer.momentum": 0.0,
                                     "optimizer.warmup_epochs": 1, "optimizer.reg_strength": 20.0,
                                     "optimizer.l1_strength": 1.0, "optimizer.rho": 1.0,
-                                    "optimizer.target_group_sparsity": 0.5})
+                                    "optimizer.target_group_sparsity": 0.5,
+                                    "optimizer.pruning_epochs": 2})
   if name == "dhspg":
     cfg.optimizer.reg_strength = 0.0  # its own default lambda: the target needs no tuning
   config_lib.validate(cfg)
@@ -582,5 +586,7 @@ def test_every_optimizer_name_trains_a_model_and_sparsifies(name):
     picked = sum(int(np.sum(np.asarray(t))) for t in dh.to_zero)
     total = sum(np.asarray(t).size for t in dh.to_zero)
     assert 0.5 * total <= picked < total  # K = int(G * min(target + tol, 0.999)) groups picked
+    # pruning_epochs=2 after the 1-epoch warm-up: the target is met by step 3 of 4.
+    assert zeros[2] >= np.ceil(0.5 * total), (zeros, total)
   else:
     assert zeros[-1] > 0

@@ -58,8 +58,10 @@ def build(cfg, groups, steps_per_epoch: int) -> optax.GradientTransformation:
   * ``obproxsg``: :func:`hspg_jax.obprox_sg`, Prox-SG through the first stage,
     orthant steps afterwards;
   * ``dhspg``: :func:`hspg_jax.dhspg` with ``optimizer.target_group_sparsity``,
-    partitioning the groups after the first stage (``reg_strength`` 0 and
-    ``epsilon`` 0 select dhspg's defaults: lambda per direction, epsilon 0.95);
+    partitioning the groups after the first stage and reaching the target within
+    ``optimizer.pruning_epochs`` after it (0: the reference, no guarantee), with
+    ``optimizer.magnitude`` in its score (``reg_strength`` 0 and ``epsilon`` 0
+    select dhspg's defaults: lambda per direction, epsilon 0.95);
   * ``hierarchical``: :func:`hspg_jax.hierarchical_hspg` (``reg_strength`` on
     groups, ``l1_strength`` on elements);
   * ``base``: the plain direction (dense baseline; lambda is ignored).
@@ -90,6 +92,8 @@ def build(cfg, groups, steps_per_epoch: int) -> optax.GradientTransformation:
     tx = hspg_jax.dhspg(lr, o.target_group_sparsity, groups, direction=o.direction,
                         momentum=momentum if o.direction == "sgd" else None,
                         reg_strength=o.reg_strength or None, partition_step=start,
+                        pruning_steps=o.pruning_epochs * steps_per_epoch or None,
+                        magnitude=o.magnitude,
                         **({"epsilon": o.epsilon} if o.epsilon else {}))
   elif o.name == "hierarchical":
     tx = hspg_jax.hierarchical_hspg(lr, o.reg_strength, o.l1_strength, groups,
