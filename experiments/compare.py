@@ -94,6 +94,12 @@ def _prox_steps(settings, steps_per_epoch):
   return int((settings["epochs"] / 10 if epochs is None else epochs) * steps_per_epoch)
 
 
+def _pruning_steps(settings, steps_per_epoch):
+  """DHSPG's window to the target, clipped to the run (``--quick``); 0: None (the reference)."""
+  epochs = min(settings["pruning_epochs"] or 0, settings["epochs"] - settings["switch_epoch"])
+  return int(epochs * steps_per_epoch) or None
+
+
 def _dhspg_lr(lr, settings, steps_per_epoch):
   """DHSPG's lr: ``base_lr`` replaces the problem's (an Adam direction needs a smaller one)."""
   if settings.get("base_lr"):
@@ -135,7 +141,9 @@ METHODS = {m.name: m for m in (
                                       p.groups,
                                       direction=s["direction"], momentum=_opt(s, "momentum"),
                                       reg_strength=s["reg_strength"],
-                                      partition_step=_steps(s, "switch_epoch", spe))),
+                                      partition_step=_steps(s, "switch_epoch", spe),
+                                      pruning_steps=_pruning_steps(s, spe),
+                                      magnitude=s["magnitude"])),
     Method("hierarchical", "hierarchical HSPG", "hierarchical_hspg", "sparse-group",
            lambda f, p, lr, spe, s: f(lr, s["lam"], s["l1_ratio"] * s["lam"], p.groups,
                                       half_space_start=_steps(s, "switch_epoch", spe),
@@ -187,6 +195,12 @@ METHOD_DEFAULTS = {
               "base_lr": {"*": (None, "the problem's lr (same schedule); e.g. 1e-3 with "
                                       "direction=adam")},
               "reg_strength": {"*": (None, "the issue's default per direction (1e-3 with sgd)")},
+              "magnitude": {"*": ("mean", "the reference: ||x_g|| / n_g in the score")},
+              "pruning_epochs": {
+                  "digits-group": (100, "chosen here: the target is met by the first lr drop "
+                                        "(HESSO's shrink; 0 = the reference, no guarantee)"),
+                  "digits-l1": (100, "as digits-group"),
+                  "digits-cnn": (20, "as digits-group")},
               "target_group_sparsity": {
                   "digits-group": (0.5625, "chosen here: the optimum's 36/64 zero groups"),
                   "digits-l1": (0.5, "chosen here"), "digits-cnn": (0.5, "chosen here")}},
@@ -534,6 +548,8 @@ class AscSynthetic:
       cfg = config_lib.smoke(cfg)
     cfg.train.epochs = settings["epochs"]
     cfg.optimizer.warmup_epochs = min(cfg.optimizer.warmup_epochs, cfg.train.epochs)
+    cfg.optimizer.pruning_epochs = min(cfg.optimizer.pruning_epochs,
+                                       cfg.train.epochs - cfg.optimizer.warmup_epochs)
     config_lib.validate(cfg)
     return cfg
 
@@ -655,7 +671,8 @@ def run_job(job: Job, settings: dict, out: pathlib.Path, *, asc_overrides=(), pr
 
     workdir = result_path(out, job, settings).with_suffix("")
     try:
-      problem.config(method, job.seed, settings, asc_overrides)
+      base["asc_config"] = _plain(problem.config(method, job.seed, settings,
+                                                 asc_overrides).to_dict())
     except config_lib.ConfigError as e:
       return {**base, "status": "unavailable", "reason": f"the ASC engine refuses it: {e}"}
     params, opt_state, metrics = problem.run(method, job.seed, settings, asc_overrides, workdir,
@@ -689,6 +706,7 @@ ROWS = (
     ("F", "final F", "{:.6f}"),
     ("gap", "F vs F*", "pct3"),
     ("zero_groups", "zero groups", "count"),
+    ("zeros_at_optimum", "of them zero at the optimum", "count"),
     ("group_sparsity", "group sparsity", "pct1"),
     ("element_sparsity", "element sparsity", "pct1"),
     ("z_F", "final F of z (ADMM)", "{:.6f}"),
@@ -768,6 +786,7 @@ def _cells(p):
     row = [title]
     if opt:
       o = {"F": opt["F"], "gap": 0.0, "zero_groups": opt["zero_groups"],
+           "zeros_at_optimum": opt["zero_groups"],
            "group_sparsity": opt["group_sparsity"], "element_sparsity": opt["element_sparsity"],
            "seconds": opt["seconds"], "train_accuracy": opt["train_accuracy"]}.get(key)
       row.append("-" if o is None else _fmt(kind, aggregate([o]), total))
@@ -844,7 +863,11 @@ def plot_tradeoff(summary: dict, path: pathlib.Path):
   fig, axes = plt.subplots(1, len(probs), figsize=(5.2 * len(probs), 4.6), squeeze=False)
   # One colour and marker per method across every panel, one legend for the figure.
   labels = list(dict.fromkeys(lb for prob in probs for lb in summary[prob]["columns"]))
-  style = {lb: (f"C{k % 10}", "osD^vP"[k // 10 % 6]) for k, lb in enumerate(labels)}
+  # Up to 10 methods: the default cycle; more: 20 distinct colours, then markers.
+  colors = [f"C{k}" for k in range(10)] if len(labels) <= 10 else \
+      list(plt.get_cmap("tab20").colors)
+  style = {lb: (colors[k % len(colors)], "osD^vP"[k // len(colors) % 6])
+           for k, lb in enumerate(labels)}
   handles = {}
   for ax, prob in zip(axes[0], probs):
     p = summary[prob]
@@ -1023,14 +1046,41 @@ def jobs_of(args) -> list[Job]:
           for seed in range(args.seeds)]
 
 
-def load_result(out, job, settings):
+def _plain(obj):
+  """``obj`` as it reads back from JSON (tuples as lists), for comparisons."""
+  return json.loads(json.dumps(obj, sort_keys=True, default=_json_default))
+
+
+def load_result(out, job, settings, asc_config=None):
+  """The finished record, or None: missing, unreadable, or (ASC) stale.
+
+  An ASC result is keyed by the overrides asked for, not by the engine's
+  defaults; its record keeps the resolved config, and one that differs from
+  ``asc_config`` (today's resolution, e.g. after a default changed) is stale.
+  """
   path = result_path(out, job, settings)
-  if path.exists():
-    try:
-      return json.loads(path.read_text())
-    except json.JSONDecodeError:
-      return None  # unreadable: run it again
-  return None
+  if not path.exists():
+    return None
+  try:
+    rec = json.loads(path.read_text())
+  except json.JSONDecodeError:
+    return None  # unreadable: run it again
+  if asc_config is not None and "asc_config" in rec and rec["asc_config"] != _plain(asc_config):
+    return None
+  return rec
+
+
+def _asc_config(job, settings, overrides):
+  """Today's resolved ASC config of ``job`` as a dict, or None (not ASC, or refused)."""
+  if job.problem != "asc-synthetic":
+    return None
+  from experiments.asc import config as config_lib  # pylint: disable=import-outside-toplevel
+
+  try:
+    return PROBLEMS[job.problem].config(METHODS[job.method], job.seed, settings,
+                                        overrides).to_dict()
+  except config_lib.ConfigError:
+    return None  # run_job reports it
 
 
 def run_all(args, log=print) -> tuple[list, dict]:
@@ -1046,7 +1096,8 @@ def run_all(args, log=print) -> tuple[list, dict]:
   say = tqdm.write if not args.no_progress else log
   for job in jobs:
     settings = job_settings(job, args.settings[job.problem])
-    done = load_result(args.out, job, settings)
+    done = load_result(args.out, job, settings,
+                       _asc_config(job, settings, args.asc_override))
     if done is not None:
       say(f"{job.problem} {job.label} seed {job.seed}: finished earlier, loaded")
       records.append(done)
@@ -1076,8 +1127,29 @@ def run_all(args, log=print) -> tuple[list, dict]:
     problem = PROBLEMS[prob]
     if isinstance(problem, DigitsLinear):
       opt = dict(problem.optimum(args.settings[prob]))
+      add_shared_zeros(records, prob, opt)
       optima[prob] = {k: v for k, v in opt.items() if k not in ("W", "b")}
   return records, optima
+
+
+def shared_zeros(params, optimum) -> int:
+  """How many zero groups of ``params`` are also zero at ``optimum`` (digits problems:
+  the groups are the rows of W, or its elements when W is flat, as in the run's
+  params; the optimum's W is (64, 10) in both; exact zeros in float64, so that
+  no tiny optimum entry is read as zero)."""
+  def zero_rows(W):
+    W = np.asarray(W, np.float64)
+    return np.all(W.reshape(W.shape[0], -1) == 0, axis=1)
+
+  W = np.asarray(params["W"], np.float64)
+  return int(np.sum(zero_rows(W) & zero_rows(np.reshape(optimum["W"], W.shape))))
+
+
+def add_shared_zeros(records, problem, optimum):
+  """Adds ``zeros_at_optimum`` to the finished records of ``problem`` that kept params."""
+  for r in records:
+    if r["problem"] == problem and r["status"] == "ok" and r.get("params"):
+      r["metrics"]["zeros_at_optimum"] = shared_zeros(r["params"], optimum)
 
 
 def write_outputs(out: pathlib.Path, records, optima, summary, *, plot=True) -> list:

@@ -60,10 +60,30 @@ def test_tiny_digits_group_run_matches_numpy(tmp_path, capsys):
     assert m["zero_elements"] == int(np.sum(W == 0)) and m["num_elements"] == W.size
     assert m["one_shot"] == (m["zero_groups"] > 0)
     assert m["seconds"] > 0
+  # "of them zero at the optimum": the run's zero rows that are zero rows of the
+  # float64 optimum too.
+  W_opt = np.asarray(compare.PROBLEMS["digits-group"].optimum({"lam": LAM})["W"])
+  for r in json.loads((tmp_path / "results.json").read_text())["records"]:
+    W = np.asarray(r["params"]["W"], np.float64)
+    both = np.all(W == 0, axis=1) & np.all(W_opt == 0, axis=1)
+    assert r["metrics"]["zeros_at_optimum"] == int(both.sum()) <= r["metrics"]["zero_groups"]
   text = capsys.readouterr().out
   assert "== digits-group ==" in text and "optimum (float64)" in text
+  assert "of them zero at the optimum" in text
   for name in ("table.md", "table.csv", "results.json"):
     assert (tmp_path / name).stat().st_size > 0
+
+
+def test_shared_zeros_counts_rows_or_elements_as_the_run_stores_w():
+  W_opt = np.zeros((4, 3))
+  W_opt[1] = [1.0, 0.0, 2.0]
+  W_opt[3, 2] = 1e-300  # tiny but not zero: the row is not a zero row
+  run = np.zeros((4, 3))
+  run[0, 0] = 5.0
+  assert compare.shared_zeros({"W": run.tolist()}, {"W": W_opt.tolist()}) == 1  # row 2
+  # digits-l1 stores W flat: one group per element. 12 elements, 3 non-zero at
+  # the optimum, and the run's one non-zero element is among the other 9.
+  assert compare.shared_zeros({"W": run.reshape(-1).tolist()}, {"W": W_opt.tolist()}) == 8
 
 
 def test_l1_fista_optimum_satisfies_l1_optimality():
@@ -140,6 +160,27 @@ def test_resume_skips_finished_results(tmp_path, monkeypatch, capsys):
   assert compare.main(argv) == 1
 
 
+def test_an_asc_result_from_other_engine_defaults_is_stale(tmp_path):
+  # ASC results are keyed by the overrides asked for; the record keeps the
+  # resolved config, and a default that has changed since makes it stale.
+  job = compare.Job("asc-synthetic", "dhspg", (), 0)
+  settings = compare.job_settings(
+      job, {k: v for k, (v, _) in compare.PROBLEM_DEFAULTS["asc-synthetic"].items()})
+  today = compare._asc_config(job, settings, ())  # pylint: disable=protected-access
+  assert today["optimizer"]["name"] == "dhspg"
+  path = compare.result_path(tmp_path, job, settings)
+  record = {"status": "ok", "asc_config": compare._plain(today)}  # pylint: disable=protected-access
+  compare._write_json(path, record)  # pylint: disable=protected-access
+  assert compare.load_result(tmp_path, job, settings, today) == record
+  older = json.loads(json.dumps(record))
+  older["asc_config"]["optimizer"]["pruning_epochs"] = 0
+  compare._write_json(path, older)  # pylint: disable=protected-access
+  assert compare.load_result(tmp_path, job, settings, today) is None
+  del older["asc_config"]  # a record from before configs were kept: loaded as it is
+  compare._write_json(path, older)  # pylint: disable=protected-access
+  assert compare.load_result(tmp_path, job, settings, today) == older
+
+
 def test_unavailable_method_is_reported_not_crashed(tmp_path, monkeypatch, capsys):
   monkeypatch.delattr(hspg_jax, "prox_sg")
   argv = TINY[:3] + ["1"] + TINY[4:] + ["--methods", "proxsg", "hspg", "--out", str(tmp_path)]
@@ -186,7 +227,9 @@ def test_builders_call_the_agreed_signatures():
   assert calls["hspg"] == ((0.1, 0.01, g), {"epsilon": 0.0, "half_space_start": 50 * 29,
                                             "momentum": None})
   assert calls["dhspg"] == ((0.1, 0.5625, g), {"direction": "sgd", "momentum": None,
-                                               "reg_strength": None, "partition_step": 50 * 29})
+                                               "reg_strength": None, "partition_step": 50 * 29,
+                                               "pruning_steps": 100 * 29,
+                                               "magnitude": "mean"})
   assert calls["hierarchical"] == ((0.1, 0.01, 0.001, g), {"half_space_start": 50 * 29,
                                                            "epsilon": 0.0, "momentum": None})
 
