@@ -315,13 +315,16 @@ def test_no_zero_group_before_partition_and_zero_groups_frozen():
 def test_inject_hyperparams_matches_plain_and_can_be_changed():
   steps = 8
   x0, _, jax_grad = make_problem(seed=32, steps=steps)
-  kwargs = dict(direction="adam", reg_strength=0.05, epsilon=0.5, partition_step=3)
+  kwargs = dict(direction="adam", reg_strength=0.05, epsilon=0.5, partition_step=3,
+                pruning_steps=4)
   sched = optax.linear_schedule(0.05, 0.01, steps)
   injected = optax.inject_hyperparams(hspg_jax.dhspg)(
-      learning_rate=sched, target_group_sparsity=0.3, groups=SPEC, **kwargs)
-  assert_same_run(run_jax(injected, x0, jax_grad, steps),
-                  run_jax(hspg_jax.dhspg(sched, 0.3, SPEC, **kwargs), x0, jax_grad, steps),
-                  atol=1e-6)
+      learning_rate=sched, target_group_sparsity=0.25, groups=SPEC, **kwargs)
+  hist = run_jax(injected, x0, jax_grad, steps)
+  assert_same_run(hist, run_jax(hspg_jax.dhspg(sched, 0.25, SPEC, **kwargs), x0, jax_grad,
+                                steps), atol=1e-6)
+  # pruning_steps, injected too: the target (ceil(0.25 * 18) = 5) is met by step 3 + 4 - 1.
+  assert zero_count(hist[6]) == 5
   # The target lives in the state and can be changed: with 0.999 the partition
   # takes all but the families' spared groups.
   params = {k: jnp.asarray(v) for k, v in x0.items()}
@@ -335,7 +338,8 @@ def test_inject_hyperparams_matches_plain_and_can_be_changed():
 def test_vmap_over_independent_problems():
   steps = 10
   problems = [make_problem(seed=s, steps=steps) for s in (33, 34)]
-  tx = hspg_jax.dhspg(0.2, 0.3, SPEC, reg_strength=0.3, epsilon=0.5, partition_step=3)
+  tx = hspg_jax.dhspg(0.2, 0.3, SPEC, reg_strength=0.3, epsilon=0.5, partition_step=3,
+                      pruning_steps=5)
   stacked = jax.tree.map(lambda *a: jnp.stack(a),
                          *[{k: jnp.asarray(v) for k, v in x0.items()} for x0, _, _ in problems])
   grads = [jax.jit(p.grad) for _, _, p in problems]
@@ -347,7 +351,7 @@ def test_vmap_over_independent_problems():
     stacked = optax.apply_updates(stacked, u)
   for i, (x0, np_grad, _) in enumerate(problems):
     expected = np_dhspg_run(x0, FAMILIES, np_grad, steps, 0.2, 0.3, lam=0.3, eps=0.5,
-                            pstep=3)[0][-1]
+                            pstep=3, prune=5)[0][-1]
     assert zero_count(expected) > 0
     assert_same_run([{k: np.asarray(v[i]) for k, v in stacked.items()}], [expected], atol=5e-5)
 
@@ -357,7 +361,8 @@ def test_vmap_over_independent_problems():
 def test_data_parallel_matches_single_device(runner):
   params, X, Y = par.problem()
   make = lambda: hspg_jax.dhspg(0.1, 0.5, par.GROUPS, direction="adam",  # noqa: E731
-                                reg_strength=1.0, partition_step=5, epsilon=0.9)
+                                reg_strength=1.0, partition_step=5, epsilon=0.9,
+                                pruning_steps=4)
   single = par.run_single(make(), params, X, Y)
   parallel = runner(make(), params, X, Y)
   zeros = np.linalg.norm(np.asarray(single["W"]), axis=1) == 0
