@@ -516,6 +516,17 @@ class DigitsCNN:
     return params, state, out
 
 
+def train_or_restart(cfg, workdir, **kwargs):
+  """``train.train`` in the job's folder: resumes a run of the same config, and starts
+  over where the folder holds the job under other engine defaults (a stale result)."""
+  from experiments.asc import train as train_lib  # pylint: disable=import-outside-toplevel
+
+  try:
+    return train_lib.train(cfg, workdir, **kwargs)
+  except train_lib.OtherConfigError:
+    return train_lib.train(cfg, workdir, overwrite=True, **kwargs)
+
+
 class AscSynthetic:
   """CP-ResNet on the built-in synthetic scenes, trained by the ASC engine.
 
@@ -564,7 +575,7 @@ class AscSynthetic:
       self._data[key] = data_lib.load(cfg, progress=progress)
     data = self._data[key]
     # The folder is keyed by the setting hash: an interrupted run resumes from its checkpoint.
-    summary = train_lib.train(cfg, workdir, progress=progress, data=data)
+    summary = train_or_restart(cfg, workdir, progress=progress, data=data)
     run = train_lib.build(cfg, data)
     ckpts = ckpt_lib.Checkpoints(pathlib.Path(workdir) / "checkpoints")
     try:

@@ -239,6 +239,10 @@ def recalibrate(run: Run, params, stats, *, progress: bool = False, max_batches:
 # ----------------------------------------------------------------------------- the run folder
 
 
+class OtherConfigError(config_lib.ConfigError):
+  """The run folder holds a run with a different config (``overwrite`` starts over)."""
+
+
 def _check_folder(workdir: Path, cfg, overwrite: bool):
   cfg_path = workdir / "config.json"
   if not cfg_path.exists():
@@ -258,7 +262,7 @@ def _check_folder(workdir: Path, cfg, overwrite: bool):
           if k not in _NEUTRAL and old.get(k) != new.get(k)]
   if diff and not overwrite:
     lines = "\n".join(f"  {k}: {old.get(k)!r} in the folder, {new.get(k)!r} now" for k in diff[:20])
-    raise config_lib.ConfigError(
+    raise OtherConfigError(
         f"--workdir {workdir} holds a run with a different config:\n{lines}\n"
         "resume it with the same config, choose another --workdir, or pass --overwrite")
   return not diff
