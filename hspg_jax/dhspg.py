@@ -100,6 +100,15 @@ def _magnitudes(structure, sq, magnitude):
   return [jnp.sqrt(s) / float(fam.group_size) ** power for s, fam in zip(sq, structure.families)]
 
 
+def _rank(values):
+  """0 for the smallest entry, 1 for the next, ...; ties go to the lower index.
+
+  A rank rather than ``lax.top_k``: the count compared with it may be traced
+  (``inject_hyperparams``).
+  """
+  return jnp.argsort(jnp.argsort(values, stable=True), stable=True)
+
+
 def _partition(structure, sq, xd, dd, num_selected, magnitude):
   """The groups to be zeroed, per family: the ``num_selected`` best global scores."""
   norms = [jnp.sqrt(s) for s in sq]
@@ -110,10 +119,7 @@ def _partition(structure, sq, xd, dd, num_selected, magnitude):
   # torch.nn.functional.normalize: v / max(||v||, 1e-12).
   unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v), 1e-12)  # noqa: E731
   scores = 0.5 * unit(cos) + 0.5 * unit(inv)
-  # A rank rather than lax.top_k: K may be traced (inject_hyperparams). Ties go to
-  # the lower index.
-  rank = jnp.argsort(jnp.argsort(-scores, stable=True), stable=True)
-  chosen = rank < num_selected
+  chosen = _rank(-scores) < num_selected
   out, start = [], 0
   for fam in structure.families:
     g = fam.num_groups
@@ -131,11 +137,10 @@ def _partition(structure, sq, xd, dd, num_selected, magnitude):
 def _shrink_ratios(structure, sq, penalized, need, t, pruning_steps, magnitude):
   """HESSO's factor per group, per family: ``r_t`` on the ``need`` penalised groups
   with the smallest magnitude while ``0 <= t < T``, else 1."""
-  mean_mag = jnp.concatenate(_magnitudes(structure, sq, magnitude))
+  mag = jnp.concatenate(_magnitudes(structure, sq, magnitude))
   cand = jnp.concatenate(penalized)
-  rank = jnp.argsort(jnp.argsort(jnp.where(cand, mean_mag, jnp.inf), stable=True), stable=True)
   on = (t >= 0) & (t < pruning_steps)
-  chosen = cand & (rank < need) & on
+  chosen = cand & (_rank(jnp.where(cand, mag, jnp.inf)) < need) & on
   span = jnp.maximum(pruning_steps - t, 1).astype(jnp.float32)
   r = jnp.where(chosen, (span - 1.0) / span, 1.0)
   out, start = [], 0
@@ -323,38 +328,30 @@ def dhspg(
     active = (count >= partition_step) & ~reached
 
     penalized = [sel & active & ~z for sel, z in zip(to_zero, zero)]
-    if pruning_steps is None:
-      ratios = [None] * len(sq)
-    else:
-      ratios = _shrink_ratios(structure, sq, penalized, needed - n_zero,
-                              count - partition_step, pruning_steps, magnitude)
+    # HESSO's factor r_g; 1 (exactly the reference step) without a deadline.
+    ratios = ([jnp.ones_like(s) for s in sq] if pruning_steps is None else
+              _shrink_ratios(structure, sq, penalized, needed - n_zero,
+                             count - partition_step, pruning_steps, magnitude))
 
     coefs, kills = [], []
     for s, p, q, z, penalize, e, r in zip(sq, xd, dd, zero, penalized, eps, ratios):
       lam_g = _lambdas(s, p, q, lam, amp, hat, penalize)
       # x_hat_g = r_g * (x_g - lr * d_g - coef_g * x_g)
       coef = jnp.where(penalize, lr * lam_g / (jnp.sqrt(s) + SAFE_GUARD), 0.0)
-      dot = s - lr * p - coef * s  # <x_hat_g, x_g>
-      kill = z | (penalize & half_space_kill(z, s, r * dot if r is not None else dot, e, None))
-      if r is not None:
-        kill = kill | (penalize & (r == 0))
-        coef = (coef, r)
-      kills.append(kill)
+      dot = r * (s - lr * p - coef * s)  # <x_hat_g, x_g>
+      kills.append(z | (penalize & (half_space_kill(z, s, dot, e, None) | (r == 0))))
       coefs.append(coef)
 
-    def step(m, coef, kill):
+    def step(m, coef, r, kill):
       xi, di = groups_lib.promote(x[m.index]), groups_lib.promote(d[m.index])
-      if isinstance(coef, tuple):  # HESSO's shrink: r * (x - lr d - coef x) - x
-        coef, r = (groups_lib.expand(c, m) for c in coef)
-        u = -(r * lr) * di - (r * coef + (1.0 - r)) * xi
-      else:
-        u = -lr * di - groups_lib.expand(coef, m) * xi
+      u = -(r * lr) * di - (r * coef + (1.0 - r)) * xi  # r * (x - lr d - coef x) - x
       return jnp.where(kill, -xi, u).astype(d[m.index].dtype)
 
     new_u = [(-lr * di).astype(di.dtype) for di in d]  # ungrouped leaves: base steps
-    for fam, coef, kill in zip(structure.families, coefs, kills):
+    for fam, coef, r, kill in zip(structure.families, coefs, ratios, kills):
       for m in fam.members:
-        new_u[m.index] = step(m, coef, groups_lib.expand(kill, m))
+        new_u[m.index] = step(m, groups_lib.expand(coef, m), groups_lib.expand(r, m),
+                              groups_lib.expand(kill, m))
     new_state = DHSPGState(count=optax.safe_int32_increment(count), to_zero=to_zero,
                            base_state=base_state)
     return jax.tree_util.tree_unflatten(treedef, new_u), new_state
