@@ -905,10 +905,12 @@ def plot_tradeoff(summary: dict, path: pathlib.Path):
     ax.set_ylabel(f"{what} (of {total})" if total else what)
     ax.set_title(prob)
     ax.grid(alpha=0.3)
+  # Two legend columns per panel at most: long labels stay inside a narrow figure.
+  ncol = max(1, min(4, len(handles), 2 * len(probs)))
   fig.legend(list(handles.values()), list(handles), loc="lower center",
-             ncol=min(4, len(handles)), fontsize=8, frameon=False)
+             ncol=ncol, fontsize=8, frameon=False)
   fig.suptitle("Sparsity vs objective: mean ± std over seeds")
-  fig.tight_layout(rect=(0, 0.04 + 0.035 * math.ceil(len(handles) / 4), 1, 1))
+  fig.tight_layout(rect=(0, 0.04 + 0.035 * math.ceil(len(handles) / ncol), 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return True
